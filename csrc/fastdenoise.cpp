@@ -1,0 +1,89 @@
+// Op schemas of the fastdenoise library and the pybind11 module fastdenoise._C.
+//
+// Every op is declared here once; each backend registers its kernels in its own
+// TORCH_LIBRARY_IMPL (csrc/cpu/*.cpp, csrc/cuda/*.cpp). Fake implementations and autograd
+// are registered from Python (fastdenoise/ops/*.py).
+#include "fastdenoise/build_config.h"
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#ifndef FASTDENOISE_VERSION
+#define FASTDENOISE_VERSION "unknown"
+#endif
+#ifndef FASTDENOISE_TORCH_VERSION
+#define FASTDENOISE_TORCH_VERSION "unknown"
+#endif
+#ifndef FASTDENOISE_BUILD_SYSTEM
+#define FASTDENOISE_BUILD_SYSTEM "unknown"
+#endif
+#if defined(FASTDENOISE_WITH_CUDA) && !defined(FASTDENOISE_CUDA_VERSION)
+#define FASTDENOISE_CUDA_VERSION "unknown"
+#endif
+#ifndef FASTDENOISE_CUDA_ARCHS
+#define FASTDENOISE_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(fastdenoise, m) {
+  // Haar transforms (fastdenoise/ops/haar.py). variant: 0 orthonormal, 1 invdn, 2 mwcnn.
+  m.def("haar_dwt2d(Tensor x, int variant) -> Tensor");
+  m.def("haar_idwt2d(Tensor y, int variant) -> Tensor");
+}
+
+namespace {
+
+std::vector<std::string> split_archs(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char ch : s) {
+    if (ch == ';' || ch == ' ' || ch == ',') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur.push_back(ch);
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+pybind11::dict build_info() {
+  pybind11::dict d;
+  d["version"] = FASTDENOISE_VERSION;
+  d["torch_version"] = FASTDENOISE_TORCH_VERSION;
+  d["build_system"] = FASTDENOISE_BUILD_SYSTEM;
+#ifdef FASTDENOISE_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_version"] = FASTDENOISE_CUDA_VERSION;
+#else
+  d["cuda"] = false;
+  d["cuda_version"] = pybind11::none();
+#endif
+  d["cuda_archs"] = split_archs(FASTDENOISE_CUDA_ARCHS);
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  d["compiler"] = "unknown";
+#endif
+#ifdef _OPENMP
+  d["openmp"] = true;
+#else
+  d["openmp"] = false;
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastdenoise compiled ops (registered with the PyTorch dispatcher) and build_info()";
+  m.def("build_info", &build_info,
+        "What this binary was built with: version, torch_version, cuda, cuda_version, "
+        "cuda_archs, compiler, build_system.");
+}

@@ -1,0 +1,15 @@
+"""fastdenoise: fast image-denoising inference for PyTorch.
+
+Fused CUDA / Triton / C++ kernels for the operations that dominate the reference denoisers,
+drop-in fused modules (:mod:`fastdenoise.nn`), faithful reference architectures that load the
+official checkpoints (:mod:`fastdenoise.models`), and benchmarks against eager PyTorch and
+``torch.compile``.
+"""
+
+from . import _ext
+from ._ext import build_info
+from . import errors, ops
+
+__version__ = "0.1.0"
+
+__all__ = ["build_info", "errors", "ops", "__version__"]

@@ -1,0 +1,59 @@
+"""Input checks shared by every public function. Metadata only: no values are read."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .errors import DeviceError, DTypeError, ShapeError
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _dims(t: torch.Tensor) -> str:
+    return str(list(t.shape))
+
+
+def check_tensor(name: str, x, *, dims: int = 4, dtypes: Iterable[torch.dtype] = FLOAT_DTYPES,
+                 layout: str = "(B, C, H, W)", allow_empty: bool = False) -> None:
+    """Check that ``x`` is a tensor of rank ``dims`` with one of ``dtypes``.
+
+    Raises TypeError (not a tensor), ShapeError (rank, empty) or DTypeError.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dim() != dims:
+        raise ShapeError(f"{name}: expected {dims} dims {layout}, got {x.dim()}: {_dims(x)}")
+    dtypes = tuple(dtypes)
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise DTypeError(f"{name}: expected dtype in ({names}), got {str(x.dtype).replace('torch.', '')}")
+    if not allow_empty and x.numel() == 0:
+        raise ShapeError(f"{name}: expected a non-empty tensor {layout}, got shape {_dims(x)}")
+
+
+def check_even_hw(name: str, x: torch.Tensor) -> None:
+    h, w = x.shape[-2], x.shape[-1]
+    if h % 2 or w % 2:
+        raise ShapeError(
+            f"{name}: expected even H and W (the Haar transform works on 2x2 blocks), "
+            f"got H={h}, W={w}: {_dims(x)}")
+
+
+def check_channels_divisible(name: str, x: torch.Tensor, k: int, why: str) -> None:
+    c = x.shape[1]
+    if c % k:
+        raise ShapeError(f"{name}: expected a channel count divisible by {k} ({why}), got C={c}: {_dims(x)}")
+
+
+def check_same_device(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if x.device != ref.device:
+        raise DeviceError(f"{name}: expected a tensor on {ref.device} (the device of {ref_name}), got {x.device}")
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format an output of ``x`` should keep (channels_last or contiguous)."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format

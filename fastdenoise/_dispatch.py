@@ -1,0 +1,86 @@
+"""The one dispatch rule.
+
+``backend=None`` picks CUDA (then Triton) for CUDA tensors, the C++ CPU kernel for CPU
+tensors where one exists, else the plain PyTorch reference. A named backend
+(``"reference" | "triton" | "cuda" | "cpu"``) is forced and raises if it cannot run.
+``FASTDENOISE_BACKEND`` sets the default, with the same meaning as passing it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+from . import _ext
+from .errors import BackendError, DeviceError
+
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+
+_triton_ok: Optional[bool] = None
+
+
+def triton_available() -> bool:
+    """Triton is importable (and so can run on CUDA tensors, or on CPU under TRITON_INTERPRET=1)."""
+    global _triton_ok
+    if _triton_ok is None:
+        _triton_ok = importlib.util.find_spec("triton") is not None
+    return _triton_ok
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_runs_on(x: torch.Tensor) -> bool:
+    return x.device.type == "cuda" or (x.device.type == "cpu" and triton_interpret())
+
+
+def resolve(op: str, x: torch.Tensor, backend: Optional[str], *, triton_op: bool = True,
+            dtypes_triton=None) -> str:
+    """The backend that will run ``op`` on ``x``; raises BackendError / DeviceError if a forced one cannot.
+
+    ``op`` is the name of the compiled op (``fastdenoise::<op>``); ``triton_op`` says whether a
+    Triton kernel exists for this op family.
+    """
+    if backend is None:
+        backend = os.environ.get("FASTDENOISE_BACKEND") or None
+    if backend is None:
+        if x.device.type == "cuda":
+            if _ext.has_kernel(op, "CUDA"):
+                return "cuda"
+            if triton_op and triton_available():
+                return "triton"
+            return "reference"
+        if x.device.type == "cpu" and _ext.has_kernel(op, "CPU"):
+            return "cpu"
+        return "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+    if backend == "reference":
+        return backend
+    if backend == "cpu":
+        if x.device.type != "cpu":
+            raise DeviceError(f"backend='cpu': expected a tensor on cpu, got {x.device}")
+        if not _ext.has_kernel(op, "CPU"):
+            raise BackendError(f"backend='cpu': fastdenoise::{op} has no compiled CPU kernel here "
+                               f"({_ext.load_error() or 'not built'})")
+        return backend
+    if backend == "cuda":
+        if x.device.type != "cuda":
+            raise DeviceError(f"backend='cuda': expected a tensor on cuda, got {x.device}")
+        if not _ext.has_kernel(op, "CUDA"):
+            raise BackendError(f"backend='cuda': fastdenoise::{op} has no compiled CUDA kernel here "
+                               f"({_ext.load_error() or 'the extension was built without CUDA'})")
+        return backend
+    # triton
+    if not triton_op:
+        raise BackendError(f"backend='triton': fastdenoise::{op} has no Triton kernel")
+    if not triton_available():
+        raise BackendError("backend='triton': triton is not installed")
+    if not _triton_runs_on(x):
+        raise DeviceError(f"backend='triton': expected a tensor on cuda (or on cpu with "
+                          f"TRITON_INTERPRET=1), got {x.device}")
+    return backend

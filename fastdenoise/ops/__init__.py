@@ -1,0 +1,6 @@
+"""Functional API: one module per kernel family. Each holds its plain PyTorch reference (the
+spec) and the dispatch to the CUDA / Triton / C++ CPU kernels."""
+
+from .haar import haar_dwt2d, haar_idwt2d, haar_dwt2d_reference, haar_idwt2d_reference
+
+__all__ = ["haar_dwt2d", "haar_idwt2d", "haar_dwt2d_reference", "haar_idwt2d_reference"]
