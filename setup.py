@@ -56,7 +56,7 @@ def _extensions():
 
     sources = ["csrc/fastdenoise.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     gen_dir = os.path.join(ROOT, "build", "generated")
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3"]  # torch picks the C++ standard its headers need
     if sys.platform.startswith("linux"):
         cxx.append("-fopenmp")
     config = [
@@ -85,7 +85,7 @@ def _extensions():
     include_dirs = [os.path.join(ROOT, "csrc", "include"), gen_dir, os.path.join(ROOT, "csrc")]
     link = ["-fopenmp"] if sys.platform.startswith("linux") else []
     if with_cuda:
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        nvcc = ["-O3", "-lineinfo"]
         return [cpp_extension.CUDAExtension(
             "fastdenoise._C", sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)]

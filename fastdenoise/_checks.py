@@ -57,3 +57,27 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
+
+
+def check_channels(name: str, x: torch.Tensor, expected: int, why: str = "") -> None:
+    """Check that ``x`` (B, C, H, W) has ``expected`` channels; ``why`` says where the number comes from."""
+    c = x.shape[1]
+    if c != expected:
+        extra = f" ({why})" if why else ""
+        raise ShapeError(f"{name}: expected {expected} channels{extra}, got C={c}: {_dims(x)}")
+
+
+def check_hw_multiple(name: str, x: torch.Tensor, k: int, why: str = "") -> None:
+    """Check that H and W of ``x`` are multiples of ``k``."""
+    h, w = x.shape[-2], x.shape[-1]
+    if h % k or w % k:
+        extra = f" ({why})" if why else ""
+        raise ShapeError(f"{name}: expected H and W multiples of {k}{extra}, got H={h}, W={w}: {_dims(x)}")
+
+
+def check_like(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """Check that ``x`` is on ``ref``'s device (DeviceError) and has its dtype (DTypeError)."""
+    check_same_device(name, x, ref_name, ref)
+    if x.dtype != ref.dtype:
+        raise DTypeError(f"{name}: expected dtype {str(ref.dtype).replace('torch.', '')} (the dtype of "
+                         f"{ref_name}), got {str(x.dtype).replace('torch.', '')}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -19,15 +20,12 @@ from .errors import BackendError, DeviceError
 
 BACKENDS = ("reference", "triton", "cuda", "cpu")
 
-_triton_ok: Optional[bool] = None
+_TRITON_OK: bool = importlib.util.find_spec("triton") is not None
 
 
 def triton_available() -> bool:
     """Triton is importable (and so can run on CUDA tensors, or on CPU under TRITON_INTERPRET=1)."""
-    global _triton_ok
-    if _triton_ok is None:
-        _triton_ok = importlib.util.find_spec("triton") is not None
-    return _triton_ok
+    return _TRITON_OK
 
 
 def triton_interpret() -> bool:
@@ -36,6 +34,17 @@ def triton_interpret() -> bool:
 
 def _triton_runs_on(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" or (x.device.type == "cpu" and triton_interpret())
+
+
+_WARNED: set = set()
+
+
+def _warn_reference_once(op: str, device: torch.device) -> None:
+    if op not in _WARNED:
+        _WARNED.add(op)
+        warnings.warn(f"fastdenoise::{op}: no compiled kernel and no Triton for {device.type} tensors "
+                      f"here ({_ext.load_error() or 'the extension was built without CUDA'}); the plain "
+                      "PyTorch reference serves.", RuntimeWarning, stacklevel=3)
 
 
 def resolve(op: str, x: torch.Tensor, backend: Optional[str], *, triton_op: bool = True,
@@ -53,6 +62,7 @@ def resolve(op: str, x: torch.Tensor, backend: Optional[str], *, triton_op: bool
                 return "cuda"
             if triton_op and triton_available():
                 return "triton"
+            _warn_reference_once(op, x.device)
             return "reference"
         if x.device.type == "cpu" and _ext.has_kernel(op, "CPU"):
             return "cpu"

@@ -17,6 +17,7 @@ __all__ = ["extension", "build_info", "has_kernel", "load_error"]
 
 _C: Optional[Any] = None
 _INFO: dict = {}
+_KERNELS: dict = {}  # "haar_dwt2d" -> frozenset of dispatch keys with a compiled kernel
 _ERROR: Optional[str] = None
 _WARNED = False
 
@@ -63,6 +64,7 @@ def _load() -> None:
         _warn_once(_ERROR)
         return
     _C, _INFO = mod, info
+    _KERNELS.update({name.split("::", 1)[1]: frozenset(keys) for name, keys in _registered_ops().items()})
 
 
 def extension() -> Optional[Any]:
@@ -99,9 +101,8 @@ def _registered_ops() -> dict:
 
 def has_kernel(op: str, key: str) -> bool:
     """True when ``fastdenoise::<op>`` has a compiled kernel for dispatch key ``key`` ("CPU"/"CUDA")."""
-    if _C is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdenoise::{op}", key)
+    # A plain dict lookup (filled at load time), so torch.compile traces through it.
+    return key in _KERNELS.get(op, ())
 
 
 _load()

@@ -1,0 +1,6 @@
+"""Drop-in modules: each computes what the official module computes, takes the same weights
+(same state-dict keys and shapes), and can be built from it with ``from_module(m)``."""
+
+from .haar import DWT, IWT, HaarDownsampling
+
+__all__ = ["HaarDownsampling", "DWT", "IWT"]

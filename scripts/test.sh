@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The whole CPU test run (what CI runs): set-up, the CPU tests, the Triton kernels under the
+# interpreter in their own process, nvcc compile of every CUDA kernel file, the CMake build with
+# ctest and the op-name comparison of the two builds, and a smoke run of the benchmarks.
+# Every stage runs; the script fails if any stage failed (or collected no tests).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+declare -a RESULTS=()
+FAILED=0
+
+stage() {  # stage NAME CMD...
+  local name=$1; shift
+  echo; echo "=== $name: $*"
+  local t0=$SECONDS
+  "$@"
+  local rc=$?
+  if [ $rc -eq 5 ]; then echo "!!! $name collected no tests (pytest exit 5)"; fi
+  if [ $rc -ne 0 ]; then FAILED=1; fi
+  RESULTS+=("$(printf '%-28s %s (%ss)' "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED rc=$rc")" $((SECONDS - t0)))")
+}
+
+bash scripts/setup.sh || { echo "set-up failed"; exit 1; }
+$PY -m fastdenoise.info
+
+stage "pytest (CPU)" $PY -m pytest tests -q --ignore=tests/triton -p no:cacheprovider
+stage "pytest (Triton interpreter)" env TRITON_INTERPRET=1 $PY -m pytest tests/triton -q -p no:cacheprovider
+
+nvcc_all() {
+  if ! command -v nvcc >/dev/null; then echo "nvcc not found: CUDA kernel compile skipped"; return 0; fi
+  local out; out=$(mktemp -d); local rc=0 n=0
+  for f in csrc/cuda/kernels/*.cu; do
+    echo "nvcc -arch=sm_90 $f"; n=$((n + 1))
+    nvcc -std=c++17 -O3 -arch=sm_90 -Icsrc/include -c "$f" -o "$out/$(basename "$f").o" || rc=1
+  done
+  echo "$n kernel files compiled, rc=$rc"; rm -rf "$out"; return $rc
+}
+stage "nvcc kernels (sm_90)" nvcc_all
+
+glue_syntax() {  # the torch glue of the CUDA kernels, checked against torch's headers
+  if [ ! -d /usr/local/cuda/include ] && [ -z "${CUDA_HOME:-}" ]; then echo "no CUDA headers: skipped"; return 0; fi
+  local inc; inc=$($PY -c "import torch.utils.cpp_extension as c; print(' '.join('-I'+p for p in c.include_paths()))")
+  local cuda_inc=${CUDA_HOME:-/usr/local/cuda}/include stub; stub=$(mktemp -d)
+  # CPU wheels of torch lack this generated header of c10/cuda; it only sets a build macro.
+  mkdir -p "$stub/c10/cuda/impl"; echo "#define C10_CUDA_BUILD_SHARED_LIBS" > "$stub/c10/cuda/impl/cuda_cmake_macros.h"
+  local rc=0
+  for f in csrc/cuda/*.cpp; do
+    echo "g++ -fsyntax-only $f"
+    g++ -std=c++20 -fsyntax-only -I"$stub" $inc -Icsrc/include -Icsrc -I"$cuda_inc" "$f" || rc=1
+  done
+  rm -rf "$stub"; return $rc
+}
+stage "CUDA glue syntax" glue_syntax
+
+cmake_build() {
+  local prefix; prefix=$($PY -c "import torch; print(torch.utils.cmake_prefix_path)")
+  local dir=build/cmake
+  cmake -S . -B $dir -G Ninja -DCMAKE_PREFIX_PATH="$prefix" -DPython_EXECUTABLE="$(command -v $PY)" >/dev/null &&
+    cmake --build $dir -j2 &&
+    ctest --test-dir $dir --output-on-failure &&
+    $PY scripts/check_op_names.py fastdenoise/_C*.so $dir/_C*.so
+}
+stage "CMake + ctest + op names" cmake_build
+
+stage "benchmarks (smoke)" $PY -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
+
+echo; echo "=== summary"
+printf '%s\n' "${RESULTS[@]}"
+exit $FAILED
