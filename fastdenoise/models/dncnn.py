@@ -71,10 +71,16 @@ def check_model_input(model: nn.Module, x, channels: int, why: str) -> None:
     ref = next(model.parameters(), None)
     if ref is None:
         return
-    if torch.is_autocast_enabled(x.device.type):
-        check_same_device("x", x, "the model's parameters", ref)
-    else:
+    check_same_device("x", x, "the model's parameters", ref)
+    if not _autocast_enabled(x.device.type):
         check_like("x", x, "the model's parameters", ref)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:        # a device type autocast does not know (meta, ...)
+        return False
 
 
 class DnCNN(nn.Module):

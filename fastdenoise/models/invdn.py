@@ -254,7 +254,9 @@ class InvNet(nn.Module):
         the copies made so far in that order); all 8 forward passes, then fresh noise for each
         copy in that order, the 8 reverse passes, each undone (transpose, then flip H, then
         flip W), and the mean of the 8. The official averages over ``cat(dim=0)``, which for
-        its batch of one is this mean; for B > 1 this keeps the images apart.
+        its batch of one is this mean; for B > 1 this keeps the images apart. (The official
+        ensemble returns all ``channel_in`` reverse-pass channels; this returns the first
+        ``channel_out``, the same thing for the released 3-in / 3-out model.)
         """
         self._check_input(x, rev=False)
         if not self_ensemble:

@@ -1,0 +1,12 @@
+"""Reference architectures whose state-dict keys and shapes match the official releases, so the
+official checkpoints load with ``strict=True``; :func:`load_official` infers which one a
+checkpoint belongs to and loads it."""
+
+from .dncnn import DnCNN
+from .ffdnet import FFDNet
+from .invdn import InvBlockExp, InvNet
+from .loading import ARCHS, build, infer_arch, load_official
+from .mwcnn import MWCNN
+
+__all__ = ["DnCNN", "FFDNet", "InvNet", "InvBlockExp", "MWCNN", "ARCHS", "build", "infer_arch",
+           "load_official"]
