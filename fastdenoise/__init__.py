@@ -8,8 +8,8 @@ official checkpoints (:mod:`fastdenoise.models`), and benchmarks against eager P
 
 from . import _ext
 from ._ext import build_info
-from . import errors, ops
+from . import errors, ops, nn, models
 
 __version__ = "0.1.0"
 
-__all__ = ["build_info", "errors", "ops", "__version__"]
+__all__ = ["build_info", "errors", "ops", "nn", "models", "__version__"]

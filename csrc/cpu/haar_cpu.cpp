@@ -18,51 +18,89 @@ namespace {
 template <typename T>
 using acc_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
 
+// The butterfly weights as plain local numbers: forward w[q][n] = fwd * sign[q][n], inverse
+// v[n][q] = inv * sign[q][n]. The scales are powers of two, so folding them in is exact, and
+// local copies let the compiler keep them in registers (a float output pointer could otherwise
+// alias the coefficient struct and force reloads in the inner loops).
+template <typename A>
+struct Weights {
+  A w[4][4];
+  Weights(const HaarCoeffs& k, bool forward) {
+    for (int q = 0; q < 4; ++q)
+      for (int n = 0; n < 4; ++n)
+        w[q][n] = forward ? A(k.fwd) * A(k.sign[q][n]) : A(k.inv) * A(k.sign[n][q]);
+  }
+};
+
+// One output row (forward) or input row (inverse) of the NCHW kernels, w elements of each band.
+template <typename T, typename A>
+inline void dwt_row(const T* __restrict r0, const T* __restrict r1, T* __restrict o0, T* __restrict o1,
+                    T* __restrict o2, T* __restrict o3, int64_t w, const A (&k)[4][4]) {
+  for (int64_t j = 0; j < w; ++j) {
+    const A a = A(r0[2 * j]), b = A(r0[2 * j + 1]), c = A(r1[2 * j]), d = A(r1[2 * j + 1]);
+    o0[j] = static_cast<T>(k[0][0] * a + k[0][1] * b + k[0][2] * c + k[0][3] * d);
+    o1[j] = static_cast<T>(k[1][0] * a + k[1][1] * b + k[1][2] * c + k[1][3] * d);
+    o2[j] = static_cast<T>(k[2][0] * a + k[2][1] * b + k[2][2] * c + k[2][3] * d);
+    o3[j] = static_cast<T>(k[3][0] * a + k[3][1] * b + k[3][2] * c + k[3][3] * d);
+  }
+}
+
+template <typename T, typename A>
+inline void idwt_row(const T* __restrict i0, const T* __restrict i1, const T* __restrict i2,
+                     const T* __restrict i3, T* __restrict r0, T* __restrict r1, int64_t w,
+                     const A (&k)[4][4]) {
+  for (int64_t j = 0; j < w; ++j) {
+    const A y0 = A(i0[j]), y1 = A(i1[j]), y2 = A(i2[j]), y3 = A(i3[j]);
+    r0[2 * j] = static_cast<T>(k[0][0] * y0 + k[0][1] * y1 + k[0][2] * y2 + k[0][3] * y3);
+    r0[2 * j + 1] = static_cast<T>(k[1][0] * y0 + k[1][1] * y1 + k[1][2] * y2 + k[1][3] * y3);
+    r1[2 * j] = static_cast<T>(k[2][0] * y0 + k[2][1] * y1 + k[2][2] * y2 + k[2][3] * y3);
+    r1[2 * j + 1] = static_cast<T>(k[3][0] * y0 + k[3][1] * y1 + k[3][2] * y2 + k[3][3] * y3);
+  }
+}
+
 // Forward on contiguous NCHW: one task per (b, c, i) output row.
 template <typename T>
-void dwt_nchw(const T* x, T* y, const HaarShape& s, const HaarCoeffs& k) {
+void dwt_nchw(const T* x, T* y, const HaarShape& s, const HaarCoeffs& coeffs) {
   using A = acc_t<T>;
+  const Weights<A> k(coeffs, true);
   const int64_t W = 2 * s.w, plane_out = s.h * s.w, band = s.c * plane_out;
   at::parallel_for(0, s.n * s.c * s.h, 64, [&](int64_t begin, int64_t end) {
+    const Weights<A> kl = k;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r % s.h, bc = r / s.h, c = bc % s.c, b = bc / s.c;
       const T* r0 = x + (bc * 2 * s.h + 2 * i) * W;
-      const T* r1 = r0 + W;
       T* o = y + b * 4 * band + c * plane_out + i * s.w;
-      for (int64_t j = 0; j < s.w; ++j) {
-        const A v[4] = {A(r0[2 * j]), A(r0[2 * j + 1]), A(r1[2 * j]), A(r1[2 * j + 1])};
-        for (int q = 0; q < 4; ++q) {
-          const A acc = A(k.sign[q][0]) * v[0] + A(k.sign[q][1]) * v[1] + A(k.sign[q][2]) * v[2] +
-                        A(k.sign[q][3]) * v[3];
-          o[q * band + j] = static_cast<T>(A(k.fwd) * acc);
-        }
-      }
+      dwt_row<T, A>(r0, r0 + W, o, o + band, o + 2 * band, o + 3 * band, s.w, kl.w);
     }
   });
 }
 
-// Forward on channels_last (NHWC): one task per (b, i) output row, inner loops over j and c.
+// Forward on channels_last (NHWC): one task per (b, i) output row; for each output pixel the
+// four input pixels' channel vectors give the four bands' channel vectors.
 template <typename T>
-void dwt_nhwc(const T* x, T* y, const HaarShape& s, const HaarCoeffs& k) {
+void dwt_nhwc(const T* x, T* y, const HaarShape& s, const HaarCoeffs& coeffs) {
   using A = acc_t<T>;
+  const Weights<A> k(coeffs, true);
   const int64_t C = s.c, W = 2 * s.w, C4 = 4 * C;
   at::parallel_for(0, s.n * s.h, 16, [&](int64_t begin, int64_t end) {
+    const Weights<A> kl = k;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r % s.h, b = r / s.h;
       const T* r0 = x + ((b * 2 * s.h + 2 * i) * W) * C;
       const T* r1 = r0 + W * C;
       T* o = y + ((b * s.h + i) * s.w) * C4;
       for (int64_t j = 0; j < s.w; ++j) {
-        const T* pa = r0 + 2 * j * C;
-        const T* pc = r1 + 2 * j * C;
-        T* oj = o + j * C4;
+        const T* __restrict pa = r0 + 2 * j * C;
+        const T* __restrict pb = pa + C;
+        const T* __restrict pc = r1 + 2 * j * C;
+        const T* __restrict pd = pc + C;
+        T* __restrict oj = o + j * C4;
         for (int64_t c = 0; c < C; ++c) {
-          const A v[4] = {A(pa[c]), A(pa[C + c]), A(pc[c]), A(pc[C + c])};
-          for (int q = 0; q < 4; ++q) {
-            const A acc = A(k.sign[q][0]) * v[0] + A(k.sign[q][1]) * v[1] +
-                          A(k.sign[q][2]) * v[2] + A(k.sign[q][3]) * v[3];
-            oj[q * C + c] = static_cast<T>(A(k.fwd) * acc);
-          }
+          const A a = A(pa[c]), bb = A(pb[c]), cc = A(pc[c]), d = A(pd[c]);
+          oj[c] = static_cast<T>(kl.w[0][0] * a + kl.w[0][1] * bb + kl.w[0][2] * cc + kl.w[0][3] * d);
+          oj[C + c] = static_cast<T>(kl.w[1][0] * a + kl.w[1][1] * bb + kl.w[1][2] * cc + kl.w[1][3] * d);
+          oj[2 * C + c] = static_cast<T>(kl.w[2][0] * a + kl.w[2][1] * bb + kl.w[2][2] * cc + kl.w[2][3] * d);
+          oj[3 * C + c] = static_cast<T>(kl.w[3][0] * a + kl.w[3][1] * bb + kl.w[3][2] * cc + kl.w[3][3] * d);
         }
       }
     }
@@ -71,57 +109,46 @@ void dwt_nhwc(const T* x, T* y, const HaarShape& s, const HaarCoeffs& k) {
 
 // Inverse on contiguous NCHW: input (n, 4c, h, w), output (n, c, 2h, 2w).
 template <typename T>
-void idwt_nchw(const T* y, T* x, const HaarShape& s, const HaarCoeffs& k) {
+void idwt_nchw(const T* y, T* x, const HaarShape& s, const HaarCoeffs& coeffs) {
   using A = acc_t<T>;
+  const Weights<A> k(coeffs, false);
   const int64_t W = 2 * s.w, plane_in = s.h * s.w, band = s.c * plane_in;
   at::parallel_for(0, s.n * s.c * s.h, 64, [&](int64_t begin, int64_t end) {
+    const Weights<A> kl = k;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r % s.h, bc = r / s.h, c = bc % s.c, b = bc / s.c;
       const T* in = y + b * 4 * band + c * plane_in + i * s.w;
       T* r0 = x + (bc * 2 * s.h + 2 * i) * W;
-      T* r1 = r0 + W;
-      for (int64_t j = 0; j < s.w; ++j) {
-        const A v[4] = {A(in[j]), A(in[band + j]), A(in[2 * band + j]), A(in[3 * band + j])};
-        A out[4];
-        for (int n = 0; n < 4; ++n) {
-          out[n] = A(k.inv) * (A(k.sign[0][n]) * v[0] + A(k.sign[1][n]) * v[1] +
-                               A(k.sign[2][n]) * v[2] + A(k.sign[3][n]) * v[3]);
-        }
-        r0[2 * j] = static_cast<T>(out[0]);
-        r0[2 * j + 1] = static_cast<T>(out[1]);
-        r1[2 * j] = static_cast<T>(out[2]);
-        r1[2 * j + 1] = static_cast<T>(out[3]);
-      }
+      idwt_row<T, A>(in, in + band, in + 2 * band, in + 3 * band, r0, r0 + W, s.w, kl.w);
     }
   });
 }
 
 // Inverse on channels_last.
 template <typename T>
-void idwt_nhwc(const T* y, T* x, const HaarShape& s, const HaarCoeffs& k) {
+void idwt_nhwc(const T* y, T* x, const HaarShape& s, const HaarCoeffs& coeffs) {
   using A = acc_t<T>;
+  const Weights<A> k(coeffs, false);
   const int64_t C = s.c, W = 2 * s.w, C4 = 4 * C;
   at::parallel_for(0, s.n * s.h, 16, [&](int64_t begin, int64_t end) {
+    const Weights<A> kl = k;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r % s.h, b = r / s.h;
       const T* in = y + ((b * s.h + i) * s.w) * C4;
       T* r0 = x + ((b * 2 * s.h + 2 * i) * W) * C;
       T* r1 = r0 + W * C;
       for (int64_t j = 0; j < s.w; ++j) {
-        const T* ij = in + j * C4;
-        T* pa = r0 + 2 * j * C;
-        T* pc = r1 + 2 * j * C;
+        const T* __restrict i0 = in + j * C4;
+        T* __restrict pa = r0 + 2 * j * C;
+        T* __restrict pb = pa + C;
+        T* __restrict pc = r1 + 2 * j * C;
+        T* __restrict pd = pc + C;
         for (int64_t c = 0; c < C; ++c) {
-          const A v[4] = {A(ij[c]), A(ij[C + c]), A(ij[2 * C + c]), A(ij[3 * C + c])};
-          A out[4];
-          for (int n = 0; n < 4; ++n) {
-            out[n] = A(k.inv) * (A(k.sign[0][n]) * v[0] + A(k.sign[1][n]) * v[1] +
-                                 A(k.sign[2][n]) * v[2] + A(k.sign[3][n]) * v[3]);
-          }
-          pa[c] = static_cast<T>(out[0]);
-          pa[C + c] = static_cast<T>(out[1]);
-          pc[c] = static_cast<T>(out[2]);
-          pc[C + c] = static_cast<T>(out[3]);
+          const A y0 = A(i0[c]), y1 = A(i0[C + c]), y2 = A(i0[2 * C + c]), y3 = A(i0[3 * C + c]);
+          pa[c] = static_cast<T>(kl.w[0][0] * y0 + kl.w[0][1] * y1 + kl.w[0][2] * y2 + kl.w[0][3] * y3);
+          pb[c] = static_cast<T>(kl.w[1][0] * y0 + kl.w[1][1] * y1 + kl.w[1][2] * y2 + kl.w[1][3] * y3);
+          pc[c] = static_cast<T>(kl.w[2][0] * y0 + kl.w[2][1] * y1 + kl.w[2][2] * y2 + kl.w[2][3] * y3);
+          pd[c] = static_cast<T>(kl.w[3][0] * y0 + kl.w[3][1] * y1 + kl.w[3][2] * y2 + kl.w[3][3] * y3);
         }
       }
     }
