@@ -81,3 +81,23 @@ def check_like(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
     if x.dtype != ref.dtype:
         raise DTypeError(f"{name}: expected dtype {str(ref.dtype).replace('torch.', '')} (the dtype of "
                          f"{ref_name}), got {str(x.dtype).replace('torch.', '')}")
+
+
+def check_model_input(model: torch.nn.Module, x, channels: int, why: str) -> None:
+    """Edge checks of a model's input: a float (B, C, H, W) tensor with ``channels`` channels,
+    on the device and in the dtype of the model's parameters (any float dtype under autocast)."""
+    check_tensor("x", x)
+    check_channels("x", x, channels, why)
+    ref = next(model.parameters(), None)
+    if ref is None:
+        return
+    check_same_device("x", x, "the model's parameters", ref)
+    if not _autocast_enabled(x.device.type):
+        check_like("x", x, "the model's parameters", ref)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:        # a device type autocast does not know (meta, ...)
+        return False

@@ -50,7 +50,7 @@ def format_info(info: dict) -> str:
         lines += [
             f"extension _C     loaded: built for torch {ext['torch_version']} by {ext['build_system']} "
             f"({ext['compiler']}, OpenMP {'on' if ext.get('openmp') else 'off'})",
-            f"  CUDA kernels   " + (f"yes, CUDA {ext['cuda_version']}, archs {' '.join(ext['cuda_archs']) or '?'}"
+            "  CUDA kernels   " + (f"yes, CUDA {ext['cuda_version']}, archs {' '.join(ext['cuda_archs']) or '?'}"
                                     if ext["cuda"] else "no (CPU-only build)"),
             "  ops            " + (", ".join(f"{k.split('::')[1]} [{'/'.join(v)}]" for k, v in ext["ops"].items())
                                    or "none"),

@@ -32,7 +32,10 @@ nvcc_all() {
   local out; out=$(mktemp -d); local rc=0 n=0
   for f in csrc/cuda/kernels/*.cu; do
     echo "nvcc -arch=sm_90 $f"; n=$((n + 1))
-    nvcc -std=c++17 -O3 -arch=sm_90 -Icsrc/include -c "$f" -o "$out/$(basename "$f").o" || rc=1
+    # with the half/bfloat16 macros torch's extension build passes to nvcc
+    nvcc -std=c++17 -O3 -arch=sm_90 -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+      -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
+      -Icsrc/include -c "$f" -o "$out/$(basename "$f").o" || rc=1
   done
   echo "$n kernel files compiled, rc=$rc"; rm -rf "$out"; return $rc
 }

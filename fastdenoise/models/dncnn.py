@@ -14,9 +14,9 @@ from typing import List
 import torch
 from torch import nn
 
-from .._checks import check_channels, check_like, check_same_device, check_tensor
+from .._checks import check_model_input
 
-__all__ = ["DnCNN", "conv_layers"]
+__all__ = ["DnCNN", "conv_layers", "plain_cnn"]
 
 
 def conv_layers(in_channels: int, out_channels: int, mode: str, *, kernel_size: int = 3,
@@ -61,26 +61,6 @@ def plain_cnn(in_nc: int, out_nc: int, nc: int, nb: int, act_mode: str) -> nn.Se
         layers += conv_layers(nc, nc, "C" + act_mode)
     layers += conv_layers(nc, out_nc, "C")
     return nn.Sequential(*layers)
-
-
-def check_model_input(model: nn.Module, x, channels: int, why: str) -> None:
-    """Edge checks of a model's input: a float (B, C, H, W) tensor with ``channels`` channels,
-    on the device and in the dtype of the model's parameters (any float dtype under autocast)."""
-    check_tensor("x", x)
-    check_channels("x", x, channels, why)
-    ref = next(model.parameters(), None)
-    if ref is None:
-        return
-    check_same_device("x", x, "the model's parameters", ref)
-    if not _autocast_enabled(x.device.type):
-        check_like("x", x, "the model's parameters", ref)
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:        # a device type autocast does not know (meta, ...)
-        return False
 
 
 class DnCNN(nn.Module):

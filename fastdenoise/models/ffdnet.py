@@ -18,7 +18,8 @@ from torch import nn
 
 from .._checks import check_like, check_tensor
 from ..errors import ShapeError
-from .dncnn import check_model_input, plain_cnn
+from .._checks import check_model_input
+from .dncnn import plain_cnn
 
 __all__ = ["FFDNet"]
 

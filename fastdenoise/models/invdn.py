@@ -21,7 +21,7 @@ from torch import nn
 
 from .._checks import check_hw_multiple, memory_format_of
 from ..nn.haar import HaarDownsampling
-from .dncnn import check_model_input
+from .._checks import check_model_input
 
 __all__ = ["InvNet", "InvBlockExp", "ResBlock", "DenseBlock", "subnet", "SUBNETS"]
 

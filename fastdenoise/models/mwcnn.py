@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ShapeError
 from ..nn.haar import DWT, IWT
-from .dncnn import check_model_input
+from .._checks import check_model_input
 
 __all__ = ["MWCNN", "BBlock"]
 
