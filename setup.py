@@ -56,7 +56,9 @@ def _extensions():
 
     sources = ["csrc/fastdenoise.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     gen_dir = os.path.join(ROOT, "build", "generated")
-    cxx = ["-O3"]  # torch picks the C++ standard its headers need
+    # torch picks the C++ standard its headers need; no FMA contraction, so that float sums
+    # round the same on every machine (block matching: CPU and CUDA give bitwise equal distances)
+    cxx = ["-O3", "-ffp-contract=off"]
     if sys.platform.startswith("linux"):
         cxx.append("-fopenmp")
     config = [

@@ -32,6 +32,9 @@ TORCH_LIBRARY(fastdenoise, m) {
   // Haar transforms (fastdenoise/ops/haar.py). variant: 0 orthonormal, 1 invdn, 2 mwcnn.
   m.def("haar_dwt2d(Tensor x, int variant) -> Tensor");
   m.def("haar_idwt2d(Tensor y, int variant) -> Tensor");
+  // Block matching (fastdenoise/ops/block_match.py): guide (B, H, W) float32 ->
+  // (index (B, ny, nx, k) int64, distance (B, ny, nx, k) float32).
+  m.def("block_match(Tensor guide, int patch, int search, int k, int stride) -> (Tensor, Tensor)");
 }
 
 namespace {

@@ -1,6 +1,8 @@
 """Functional API: one module per kernel family. Each holds its plain PyTorch reference (the
 spec) and the dispatch to the CUDA / Triton / C++ CPU kernels."""
 
+from .block_match import BlockMatches, block_match, block_match_reference
 from .haar import haar_dwt2d, haar_idwt2d, haar_dwt2d_reference, haar_idwt2d_reference
 
-__all__ = ["haar_dwt2d", "haar_idwt2d", "haar_dwt2d_reference", "haar_idwt2d_reference"]
+__all__ = ["haar_dwt2d", "haar_idwt2d", "haar_dwt2d_reference", "haar_idwt2d_reference",
+           "block_match", "block_match_reference", "BlockMatches"]
