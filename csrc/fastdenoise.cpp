@@ -35,6 +35,8 @@ TORCH_LIBRARY(fastdenoise, m) {
   // Block matching (fastdenoise/ops/block_match.py): guide (B, H, W) float32 ->
   // (index (B, ny, nx, k) int64, distance (B, ny, nx, k) float32).
   m.def("block_match(Tensor guide, int patch, int search, int k, int stride) -> (Tensor, Tensor)");
+  // Pixelwise non-local means (fastdenoise/ops/nlm.py): x (B, C, H, W) float32, sigma and h (B,).
+  m.def("nlm(Tensor x, Tensor sigma, Tensor h, int patch, int search) -> Tensor");
 }
 
 namespace {

@@ -3,6 +3,7 @@ spec) and the dispatch to the CUDA / Triton / C++ CPU kernels."""
 
 from .block_match import BlockMatches, block_match, block_match_reference
 from .haar import haar_dwt2d, haar_idwt2d, haar_dwt2d_reference, haar_idwt2d_reference
+from .nlm import nlm_filter, nlm_reference
 
 __all__ = ["haar_dwt2d", "haar_idwt2d", "haar_dwt2d_reference", "haar_idwt2d_reference",
-           "block_match", "block_match_reference", "BlockMatches"]
+           "block_match", "block_match_reference", "BlockMatches", "nlm_filter", "nlm_reference"]

@@ -1,0 +1,130 @@
+// CUDA kernel of pixelwise non-local means. Pure CUDA: `nvcc -c` compiles this file alone.
+//
+// One thread block per TH x TW tile of output pixels. The block loads the tile with its margin
+// (patch radius + search radius, reflected at the image border) into shared memory once; then,
+// for every offset of the search window, it computes the channel-summed squared differences of
+// the tile plus the patch margin in shared memory, box-sums them vertically then horizontally
+// (the patch sums never leave the chip), turns them into weights and accumulates the weighted
+// shifted pixels per output pixel. The maths is that of fastdenoise/ops/nlm.py.
+#include "nlm.cuh"
+
+#include "fastdenoise/nlm.h"
+
+namespace fastdenoise {
+namespace cuda {
+namespace {
+
+constexpr int TH = 16, TW = 32, kThreads = 256;
+constexpr int kPixPerThread = TH * TW / kThreads;
+
+__global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict__ sigma,
+                           const float* __restrict__ hh, float* __restrict__ out, int64_t H, int64_t W,
+                           int C, int P, int R) {
+  extern __shared__ float smem[];
+  const int b = blockIdx.z;
+  const int64_t y0 = static_cast<int64_t>(blockIdx.y) * TH, x0 = static_cast<int64_t>(blockIdx.x) * TW;
+  const int pad = P + R;
+  const int TAH = TH + 2 * pad, TAW = TW + 2 * pad;  // image tile with margins
+  const int DH = TH + 2 * P, DW = TW + 2 * P;          // squared differences
+  float* tile = smem;                                  // C x TAH x TAW
+  float* diff = tile + C * TAH * TAW;                  // DH x DW
+  float* vsum = diff + DH * DW;                        // TH x DW
+  float* num = vsum + TH * DW;                         // C x TH x TW
+  const int64_t plane = H * W;
+  const float* img = x + static_cast<int64_t>(b) * C * plane;
+
+  for (int i = threadIdx.x; i < C * TAH * TAW; i += blockDim.x) {
+    const int c = i / (TAH * TAW), r = (i / TAW) % TAH, q = i % TAW;
+    const int64_t yy = nlm_reflect(y0 - pad + r, H), xx = nlm_reflect(x0 - pad + q, W);
+    tile[i] = img[c * plane + yy * W + xx];
+  }
+  for (int i = threadIdx.x; i < C * TH * TW; i += blockDim.x) num[i] = 0.f;
+  float den[kPixPerThread];
+#pragma unroll
+  for (int k = 0; k < kPixPerThread; ++k) den[k] = 0.f;
+  const float s = sigma[b], hv = hh[b];
+  const float two_var = 2.f * s * s, inv_h2 = 1.f / (hv * hv);
+  const float norm = 1.f / static_cast<float>((2 * P + 1) * (2 * P + 1) * C);
+  const int patch = 2 * P + 1;
+  __syncthreads();
+
+  for (int dy = -R; dy <= R; ++dy) {
+    for (int dx = -R; dx <= R; ++dx) {
+      // diff(r, q): pixel (y0 - P + r, x0 - P + q) against the one shifted by (dy, dx);
+      // in tile coordinates (r + R, q + R) and (r + R + dy, q + R + dx).
+      for (int i = threadIdx.x; i < DH * DW; i += blockDim.x) {
+        const int r = i / DW, q = i % DW;
+        const int a = (r + R) * TAW + q + R, sft = a + dy * TAW + dx;
+        float acc = 0.f;
+        for (int c = 0; c < C; ++c) {
+          const float d = tile[c * TAH * TAW + a] - tile[c * TAH * TAW + sft];
+          acc += d * d;
+        }
+        diff[i] = acc;
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < TH * DW; i += blockDim.x) {
+        const int r = i / DW, q = i % DW;
+        float acc = 0.f;
+        for (int k = 0; k < patch; ++k) acc += diff[(r + k) * DW + q];
+        vsum[i] = acc;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int k = 0; k < kPixPerThread; ++k) {
+        const int p = threadIdx.x + k * kThreads;
+        const int r = p / TW, q = p % TW;
+        float acc = 0.f;
+        for (int j = 0; j < patch; ++j) acc += vsum[r * DW + q + j];
+        const float d2 = acc * norm;
+        const float e = d2 > two_var ? (d2 - two_var) * inv_h2 : 0.f;
+        const float w = expf(-e);
+        den[k] += w;
+        const int sft = (r + pad + dy) * TAW + (q + pad + dx);
+        for (int c = 0; c < C; ++c) num[c * TH * TW + p] += w * tile[c * TAH * TAW + sft];
+      }
+      __syncthreads();  // diff / vsum are rewritten by the next offset
+    }
+  }
+
+#pragma unroll
+  for (int k = 0; k < kPixPerThread; ++k) {
+    const int p = threadIdx.x + k * kThreads;
+    const int64_t yy = y0 + p / TW, xx = x0 + p % TW;
+    if (yy < H && xx < W) {
+      for (int c = 0; c < C; ++c)
+        out[(static_cast<int64_t>(b) * C + c) * plane + yy * W + xx] = num[c * TH * TW + p] / den[k];
+    }
+  }
+}
+
+}  // namespace
+
+size_t nlm_shared_bytes(int channels, int patch, int search) {
+  const int P = patch / 2, R = search / 2, pad = P + R;
+  const size_t tile = static_cast<size_t>(channels) * (TH + 2 * pad) * (TW + 2 * pad);
+  const size_t diff = static_cast<size_t>(TH + 2 * P) * (TW + 2 * P);
+  const size_t vsum = static_cast<size_t>(TH) * (TW + 2 * P);
+  const size_t num = static_cast<size_t>(channels) * TH * TW;
+  return (tile + diff + vsum + num) * sizeof(float);
+}
+
+cudaError_t launch_nlm(const float* x, const float* sigma, const float* h, float* out, int64_t batch,
+                       int channels, int64_t H, int64_t W, int patch, int search, cudaStream_t stream) {
+  if (patch < 1 || patch % 2 == 0 || search < 1 || search % 2 == 0 || channels < 1 || batch > 65535)
+    return cudaErrorInvalidValue;
+  if (batch == 0 || H == 0 || W == 0) return cudaSuccess;
+  const size_t smem = nlm_shared_bytes(channels, patch, search);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(nlm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  const dim3 grid(static_cast<unsigned>((W + TW - 1) / TW), static_cast<unsigned>((H + TH - 1) / TH),
+                  static_cast<unsigned>(batch));
+  nlm_kernel<<<grid, kThreads, smem, stream>>>(x, sigma, h, out, H, W, channels, patch / 2, search / 2);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace fastdenoise

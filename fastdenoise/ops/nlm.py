@@ -1,0 +1,126 @@
+"""Pixelwise non-local means (Buades, Coll & Morel 2005), with the noise variance subtracted in
+the weights as scikit-image does.
+
+For every pixel p of a (B, C, H, W) image and every offset t of the ``search`` x ``search``
+window (t in [-R, R]^2, R = search // 2, t = 0 included):
+
+* ``d2(p, t)``: the mean, over the ``patch`` x ``patch`` patch and the C channels, of the squared
+  differences between the patches centred at p and at p + t;
+* ``w(p, t) = exp(-max(d2 - 2 sigma^2, 0) / h^2)``: pairs of patches that differ by no more
+  than the noise get the full weight 1;
+* ``out(p) = sum_t w(p, t) x(p + t) / sum_t w(p, t)``, channel by channel with the same weights.
+
+The image is extended by reflection (numpy's "reflect", repeated as needed, so any size works).
+``sigma`` and ``h`` are per image, in the image's units (25/255 for a [0, 1] image at sigma 25).
+The kernels (C++ CPU, CUDA) compute in float32 and return the input's dtype; the plain PyTorch
+reference below is the spec and works in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .. import _dispatch, _ext
+from .._checks import check_tensor, memory_format_of
+from ..errors import DeviceError, ShapeError
+
+__all__ = ["nlm_filter", "nlm_reference"]
+
+Number = Union[float, int, torch.Tensor]
+
+
+def _reflect_index(n_out: int, start: int, n: int, device) -> torch.Tensor:
+    """Indices of positions start .. start + n_out - 1 in an axis of n samples, reflected."""
+    i = torch.arange(start, start + n_out, device=device)
+    if n == 1:
+        return torch.zeros_like(i)
+    period = 2 * (n - 1)
+    m = torch.remainder(i, period)
+    return torch.where(m < n, m, period - m)
+
+
+def _per_image(name: str, v: Number, x: torch.Tensor) -> torch.Tensor:
+    """A float32 (B,) tensor on x's device from a number or a (B,) / scalar tensor."""
+    b = x.shape[0]
+    if isinstance(v, torch.Tensor):
+        if v.device != x.device:
+            raise DeviceError(f"{name}: expected a tensor on {x.device} (the device of x), got {v.device}")
+        if v.dim() > 1 or (v.dim() == 1 and v.shape[0] not in (1, b)):
+            raise ShapeError(f"{name}: expected a number or a tensor of shape ({b},), got {list(v.shape)}")
+        return v.to(torch.float32).reshape(-1).expand(b).contiguous()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name}: expected a number or a tensor, got {type(v).__name__}")
+    if v < 0 or (name == "h" and v == 0):
+        raise ValueError(f"{name}: expected a {'positive' if name == 'h' else 'non-negative'} value, got {v}")
+    return torch.full((b,), float(v), dtype=torch.float32, device=x.device)
+
+
+def _check(x, patch, search) -> None:
+    check_tensor("x", x)
+    for name, v in (("patch", patch), ("search", search)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v % 2 == 0:
+            raise ValueError(f"{name}: expected a positive odd int, got {v!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Reference (the spec)
+# --------------------------------------------------------------------------------------------
+
+def nlm_reference(x: torch.Tensor, sigma: Number, h: Number, patch: int = 7, search: int = 21) -> torch.Tensor:
+    """Plain PyTorch pixelwise NLM in float64, one offset of the search window at a time."""
+    _check(x, patch, search)
+    sig = _per_image("sigma", sigma, x).double().view(-1, 1, 1)
+    hh = _per_image("h", h, x).double().view(-1, 1, 1)
+    n, c, height, width = x.shape
+    p, r = patch // 2, search // 2
+    pad = p + r
+    rows = _reflect_index(height + 2 * pad, -pad, height, x.device)
+    cols = _reflect_index(width + 2 * pad, -pad, width, x.device)
+    xp = x.double()[:, :, rows][:, :, :, cols]               # (B, C, H + 2 pad, W + 2 pad)
+    # patch neighbourhoods of the output pixels: rows/cols r .. r + H + 2p of the padded image
+    centre = xp[:, :, r:r + height + 2 * p, r:r + width + 2 * p]
+    num = torch.zeros(n, c, height, width, dtype=torch.float64, device=x.device)
+    den = torch.zeros(n, 1, height, width, dtype=torch.float64, device=x.device)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            shifted = xp[:, :, r + dy:r + dy + height + 2 * p, r + dx:r + dx + width + 2 * p]
+            sq = (centre - shifted).square().mean(dim=1, keepdim=True)    # mean over channels
+            d2 = torch.nn.functional.avg_pool2d(sq, patch, stride=1)      # mean over the patch
+            w = torch.exp(-(d2 - 2 * sig.unsqueeze(1) ** 2).clamp(min=0) / hh.unsqueeze(1) ** 2)
+            num += w * shifted[:, :, p:p + height, p:p + width]
+            den += w
+    out = (num / den).to(x.dtype)
+    return out.contiguous(memory_format=memory_format_of(x))
+
+
+# --------------------------------------------------------------------------------------------
+# Public function
+# --------------------------------------------------------------------------------------------
+
+def nlm_filter(x: torch.Tensor, sigma: Number, h: Number, patch: int = 7, search: int = 21, *,
+               backend: Optional[str] = None) -> torch.Tensor:
+    """Pixelwise non-local means of a (B, C, H, W) float image (see the module docstring).
+
+    ``sigma`` (noise standard deviation) and ``h`` (filtering strength, > 0): numbers or (B,)
+    tensors, in the image's units. ``patch`` and ``search``: odd sizes (OpenCV's defaults 7 and
+    21). Returns the input's dtype, device and memory format. For the estimated-σ front end see
+    :func:`fastdenoise.classic.nlm`.
+    """
+    _check(x, patch, search)
+    sig = _per_image("sigma", sigma, x)
+    hh = _per_image("h", h, x)
+    be = _dispatch.resolve("nlm", x, backend, triton_op=False)
+    if be == "reference":
+        return nlm_reference(x, sig, hh, patch, search)
+    out = torch.ops.fastdenoise.nlm(x.to(torch.float32).contiguous(), sig, hh, patch, search)
+    return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+
+
+def _fake_nlm(x, sigma, h, patch, search):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+if _ext.extension() is not None and "fastdenoise::nlm" in _ext.build_info()["ops"]:
+    torch.library.register_fake("fastdenoise::nlm")(_fake_nlm)

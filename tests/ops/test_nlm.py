@@ -1,0 +1,158 @@
+"""fastdenoise.ops.nlm_filter: the reference against the definition, the kernels against the
+reference, limiting cases, bad input, opcheck."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastdenoise
+from fastdenoise import errors
+from fastdenoise.ops import nlm_filter, nlm_reference
+
+HAVE_CPU = fastdenoise._ext.has_kernel("nlm", "CPU")
+
+
+def _cpu():
+    if not HAVE_CPU:
+        pytest.fail(f"the C++ CPU kernel is not built: {fastdenoise.build_info()}")
+    return "cpu"
+
+
+def _reflect(i, n):
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    m = i % period
+    return m if m < n else period - m
+
+
+def _brute_force(x, sigma, h, patch, search):
+    """The definition, pixel by pixel, in float64."""
+    x = x.double()
+    n, c, height, width = x.shape
+    p, r = patch // 2, search // 2
+
+    def px(b, y, xx):
+        return x[b, :, _reflect(y, height), _reflect(xx, width)]
+
+    out = torch.empty_like(x)
+    for b in range(n):
+        for y in range(height):
+            for xx in range(width):
+                num, den = torch.zeros(c, dtype=torch.float64), 0.0
+                for dy in range(-r, r + 1):
+                    for dx in range(-r, r + 1):
+                        d2 = sum(((px(b, y + u, xx + v) - px(b, y + dy + u, xx + dx + v)) ** 2).sum().item()
+                                 for u in range(-p, p + 1) for v in range(-p, p + 1)) / (patch * patch * c)
+                        w = math.exp(-max(d2 - 2 * sigma ** 2, 0.0) / h ** 2)
+                        num += w * px(b, y + dy, xx + dx)
+                        den += w
+                out[b, :, y, xx] = num / den
+    return out
+
+
+@pytest.mark.parametrize("shape,patch,search", [((1, 1, 5, 6), 3, 5), ((2, 2, 4, 3), 3, 3), ((1, 1, 1, 2), 3, 5)])
+def test_reference_is_the_definition(shape, patch, search):
+    x = torch.rand(shape)
+    torch.testing.assert_close(nlm_reference(x, 0.05, 0.1, patch, search).double(),
+                               _brute_force(x, 0.05, 0.1, patch, search).to(x.dtype).double(),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_limiting_cases():
+    x = torch.rand(2, 3, 12, 9, dtype=torch.float64)
+    # tiny h, no variance subtracted: only the patch itself (distance 0) has weight
+    torch.testing.assert_close(nlm_reference(x, 0.0, 1e-6, 5, 7), x)
+    # huge sigma: every weight is 1, the output is the mean of the reflected search window
+    big = nlm_reference(x, 10.0, 0.1, 5, 3)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    torch.testing.assert_close(big, torch.nn.functional.avg_pool2d(padded, 3, stride=1))
+
+
+@pytest.mark.parametrize("shape,patch,search", [
+    ((2, 1, 23, 31), 7, 21), ((1, 3, 17, 20), 5, 13), ((1, 1, 5, 4), 3, 7), ((2, 2, 9, 9), 7, 21),
+    ((1, 1, 40, 37), 1, 3), ((1, 4, 2, 1), 3, 3)])
+def test_cpu_kernel_matches_reference(shape, patch, search):
+    x = torch.rand(shape)
+    before = x.clone()
+    sigma = torch.rand(shape[0]) * 0.1
+    h = 0.05 + torch.rand(shape[0]) * 0.1
+    got = nlm_filter(x, sigma, h, patch, search, backend=_cpu())
+    assert torch.equal(x, before)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    torch.testing.assert_close(got, nlm_reference(x, sigma, h, patch, search), rtol=1e-5, atol=2e-6)
+
+
+def test_cpu_kernel_layouts_dtypes_and_noise():
+    clean = torch.linspace(0, 1, 48).view(1, 1, 1, 48).expand(2, 3, 40, 48).contiguous()
+    noisy = clean + 0.1 * torch.randn_like(clean)
+    ref = nlm_reference(noisy, 0.1, 0.06, 7, 11)
+    out = nlm_filter(noisy, 0.1, 0.06, 7, 11, backend=_cpu())
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-6)
+    assert (out - clean).square().mean() < 0.25 * (noisy - clean).square().mean()   # it denoises
+    cl = noisy.contiguous(memory_format=torch.channels_last)
+    out_cl = nlm_filter(cl, 0.1, 0.06, 7, 11, backend=_cpu())
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_cl, out, rtol=0, atol=0)
+    out_half = nlm_filter(noisy.half(), 0.1, 0.06, 7, 11, backend=_cpu())
+    assert out_half.dtype == torch.float16
+    torch.testing.assert_close(out_half.float(), nlm_filter(noisy.half().float(), 0.1, 0.06, 7, 11), rtol=0,
+                               atol=1e-3)
+
+
+def test_default_dispatch_and_opcheck():
+    x = torch.rand(2, 3, 11, 13)
+    torch.testing.assert_close(nlm_filter(x, 0.05, 0.1), nlm_reference(x, 0.05, 0.1), rtol=1e-5, atol=2e-6)
+    _cpu()
+    s, h = torch.full((2,), 0.05), torch.full((2,), 0.1)
+    torch.library.opcheck(torch.ops.fastdenoise.nlm.default, (x, s, h, 5, 7))
+
+
+def test_bad_input():
+    x = torch.rand(1, 1, 8, 8)
+    with pytest.raises(errors.ShapeError, match=r"x: expected 4 dims .*got 2"):
+        nlm_filter(x[0, 0], 0.1, 0.1)
+    with pytest.raises(errors.DTypeError, match="x: expected dtype .*got int32"):
+        nlm_filter(x.int(), 0.1, 0.1)
+    with pytest.raises(errors.ShapeError, match="x: expected a non-empty tensor"):
+        nlm_filter(x[:0], 0.1, 0.1)
+    with pytest.raises(ValueError, match="patch: expected a positive odd int, got 4"):
+        nlm_filter(x, 0.1, 0.1, patch=4)
+    with pytest.raises(ValueError, match="search: expected a positive odd int, got 0"):
+        nlm_filter(x, 0.1, 0.1, search=0)
+    with pytest.raises(ValueError, match="h: expected a positive value, got 0"):
+        nlm_filter(x, 0.1, 0)
+    with pytest.raises(ValueError, match="sigma: expected a non-negative value, got -0.1"):
+        nlm_filter(x, -0.1, 0.1)
+    with pytest.raises(errors.ShapeError, match=r"sigma: expected a number or a tensor of shape \(1,\), got \[3\]"):
+        nlm_filter(x, torch.ones(3), 0.1)
+    with pytest.raises(TypeError, match="h: expected a number or a tensor, got str"):
+        nlm_filter(x, 0.1, "0.1")
+    with pytest.raises(errors.DeviceError, match="sigma: expected a tensor on cpu"):
+        nlm_filter(x, torch.ones(1, device="meta"), 0.1)
+    with pytest.raises(errors.DeviceError, match="backend='cuda'"):
+        nlm_filter(x, 0.1, 0.1, backend="cuda")
+
+
+# ---------------------------------------------------------------- CUDA (GPU machine only)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape,patch,search", [
+    ((2, 1, 70, 90), 7, 21), ((1, 3, 33, 65), 5, 13), ((1, 1, 5, 4), 3, 7), ((2, 3, 130, 47), 7, 35)])
+def test_cuda_kernel_matches_reference(shape, patch, search):
+    x = torch.rand(shape)
+    sigma, h = torch.rand(shape[0]) * 0.1, 0.05 + torch.rand(shape[0]) * 0.1
+    got = nlm_filter(x.cuda(), sigma.cuda(), h.cuda(), patch, search, backend="cuda")
+    torch.testing.assert_close(got.cpu(), nlm_reference(x, sigma, h, patch, search), rtol=1e-5, atol=2e-6)
+    cpu = nlm_filter(x, sigma, h, patch, search, backend="cpu")
+    torch.testing.assert_close(got.cpu(), cpu, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck():
+    x = torch.rand(2, 3, 20, 24, device="cuda")
+    s, h = torch.full((2,), 0.05, device="cuda"), torch.full((2,), 0.1, device="cuda")
+    torch.library.opcheck(torch.ops.fastdenoise.nlm.default, (x, s, h, 7, 21))
