@@ -1,11 +1,12 @@
 // C++ CPU kernel of pixelwise non-local means, registered for the CPU dispatch key.
 //
 // out(p) = sum_t w(p, t) x(p + t) / sum_t w(p, t) over the offsets t of the search window, with
-// w = exp(-max(d2 - 2 sigma^2, 0) / h^2) and d2 the mean over the patch and the channels of the
-// squared differences between the patches centred at p and p + t; the image is extended by
-// reflection. Work is split into blocks of output rows; for each offset a block computes the
-// channel-summed squared differences of its rows (plus the patch margin) once, then box-sums
-// them vertically and horizontally: 2 * patch additions per distance instead of patch^2 * C.
+// w = exp(-max(d2 - 2 sigma^2, 0) / h^2) and d2 the Gaussian-weighted mean over the patch (and
+// the plain mean over the channels) of the squared differences between the patches centred at p
+// and p + t; the image is extended by reflection. Work is split into blocks of output rows; for
+// each offset a block computes the channel-summed squared differences of its rows (plus the
+// patch margin) once, then filters them with the separable patch weights, vertically then
+// horizontally: 2 * patch multiply-adds per distance instead of patch^2 * C.
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty_like.h>
@@ -32,7 +33,8 @@ at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Ten
               "sigma: expected a float32 cpu tensor of shape (", B, "), got ", sigma_in.sizes());
   TORCH_CHECK(h_in.dim() == 1 && h_in.size(0) == B && h_in.scalar_type() == at::kFloat && h_in.device().is_cpu(),
               "h: expected a float32 cpu tensor of shape (", B, "), got ", h_in.sizes());
-  TORCH_CHECK(patch >= 1 && patch % 2 == 1, "patch: expected an odd size, got ", patch);
+  TORCH_CHECK(patch >= 1 && patch % 2 == 1 && patch <= kNlmMaxPatch, "patch: expected an odd size <= ",
+              kNlmMaxPatch, ", got ", patch);
   TORCH_CHECK(search >= 1 && search % 2 == 1, "search: expected an odd size, got ", search);
 
   const at::Tensor x = x_in.contiguous();
@@ -51,7 +53,9 @@ at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Ten
   const int64_t plane = H * W;
   constexpr int64_t kRows = 32;  // output rows per task
   const int64_t blocks_per_image = (H + kRows - 1) / kRows;
-  const float norm = 1.0f / static_cast<float>(patch * patch * C);
+  const float inv_c = 1.0f / static_cast<float>(C);
+  float taps[kNlmMaxPatch];
+  nlm_patch_taps(static_cast<int>(patch), taps);
 
   at::parallel_for(0, B * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
     const int64_t Wd = W + 2 * P;  // columns of the distance rows (patch margin on both sides)
@@ -81,25 +85,26 @@ at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Ten
               }
             }
           }
-          // vertical box sums over the patch rows
+          // vertical weighted sums over the patch rows
           for (int64_t r = 0; r < rows; ++r) {
             float* v = vsum.data() + r * Wd;
             const float* d0 = diff.data() + r * Wd;
-            for (int64_t q = 0; q < Wd; ++q) v[q] = d0[q];
+            for (int64_t q = 0; q < Wd; ++q) v[q] = taps[0] * d0[q];
             for (int64_t k = 1; k < patch; ++k) {
               const float* dk = d0 + k * Wd;
-              for (int64_t q = 0; q < Wd; ++q) v[q] += dk[q];
+              const float g = taps[k];
+              for (int64_t q = 0; q < Wd; ++q) v[q] += g * dk[q];
             }
           }
-          // horizontal box sums, weights, accumulation
+          // horizontal weighted sums, weights, accumulation
           for (int64_t r = 0; r < rows; ++r) {
             const float* v = vsum.data() + r * Wd;
             const int64_t ys = rmap[y0 + r + dy + pad];
             float* dn = den.data() + r * W;
             for (int64_t xo = 0; xo < W; ++xo) {
-              float s = 0.f;  // summed afresh (a running sum would drift over long rows)
-              for (int64_t k = 0; k < patch; ++k) s += v[xo + k];
-              const float d2 = s * norm;
+              float s = 0.f;
+              for (int64_t k = 0; k < patch; ++k) s += taps[k] * v[xo + k];
+              const float d2 = s * inv_c;
               const float e = d2 > two_var ? (d2 - two_var) * inv_h2 : 0.f;
               const float w = std::exp(-e);
               dn[xo] += w;

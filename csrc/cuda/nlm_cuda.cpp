@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include "fastdenoise/nlm.h"
 #include "kernels/nlm.cuh"
 
 namespace fastdenoise {
@@ -26,7 +27,8 @@ at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Ten
   TORCH_CHECK(h_in.dim() == 1 && h_in.size(0) == B && h_in.scalar_type() == at::kFloat &&
                   h_in.device() == x_in.device(),
               "h: expected a float32 tensor of shape (", B, ") on ", x_in.device(), ", got ", h_in.sizes());
-  TORCH_CHECK(patch >= 1 && patch % 2 == 1, "patch: expected an odd size, got ", patch);
+  TORCH_CHECK(patch >= 1 && patch % 2 == 1 && patch <= kNlmMaxPatch, "patch: expected an odd size <= ",
+              kNlmMaxPatch, ", got ", patch);
   TORCH_CHECK(search >= 1 && search % 2 == 1, "search: expected an odd size, got ", search);
   TORCH_CHECK(B <= 65535, "x: expected at most 65535 images, got ", B);
 

@@ -11,6 +11,7 @@ import torch
 import fastdenoise
 from fastdenoise import errors
 from fastdenoise.ops import nlm_filter, nlm_reference
+from fastdenoise.ops.nlm import patch_taps
 
 HAVE_CPU = fastdenoise._ext.has_kernel("nlm", "CPU")
 
@@ -38,6 +39,8 @@ def _brute_force(x, sigma, h, patch, search):
     def px(b, y, xx):
         return x[b, :, _reflect(y, height), _reflect(xx, width)]
 
+    g = [math.exp(-(k - p) ** 2 / (2 * (patch / 3.5) ** 2)) for k in range(patch)]
+    g = [v / sum(g) for v in g]
     out = torch.empty_like(x)
     for b in range(n):
         for y in range(height):
@@ -45,8 +48,9 @@ def _brute_force(x, sigma, h, patch, search):
                 num, den = torch.zeros(c, dtype=torch.float64), 0.0
                 for dy in range(-r, r + 1):
                     for dx in range(-r, r + 1):
-                        d2 = sum(((px(b, y + u, xx + v) - px(b, y + dy + u, xx + dx + v)) ** 2).sum().item()
-                                 for u in range(-p, p + 1) for v in range(-p, p + 1)) / (patch * patch * c)
+                        d2 = sum(g[u + p] * g[v + p] *
+                                 ((px(b, y + u, xx + v) - px(b, y + dy + u, xx + dx + v)) ** 2).sum().item()
+                                 for u in range(-p, p + 1) for v in range(-p, p + 1)) / c
                         w = math.exp(-max(d2 - 2 * sigma ** 2, 0.0) / h ** 2)
                         num += w * px(b, y + dy, xx + dx)
                         den += w
@@ -60,6 +64,13 @@ def test_reference_is_the_definition(shape, patch, search):
     torch.testing.assert_close(nlm_reference(x, 0.05, 0.1, patch, search).double(),
                                _brute_force(x, 0.05, 0.1, patch, search).to(x.dtype).double(),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_patch_taps():
+    g = patch_taps(7)
+    assert g.shape == (7,) and abs(g.sum().item() - 1) < 1e-12
+    assert torch.equal(g, g.flip(0)) and g[3] == g.max() and g[0] == g.min()
+    assert patch_taps(1).tolist() == [1.0]
 
 
 def test_limiting_cases():
@@ -121,6 +132,8 @@ def test_bad_input():
         nlm_filter(x[:0], 0.1, 0.1)
     with pytest.raises(ValueError, match="patch: expected a positive odd int, got 4"):
         nlm_filter(x, 0.1, 0.1, patch=4)
+    with pytest.raises(ValueError, match="patch: expected at most 63, got 65"):
+        nlm_filter(x, 0.1, 0.1, patch=65)
     with pytest.raises(ValueError, match="search: expected a positive odd int, got 0"):
         nlm_filter(x, 0.1, 0.1, search=0)
     with pytest.raises(ValueError, match="h: expected a positive value, got 0"):

@@ -3,9 +3,10 @@
 // One thread block per TH x TW tile of output pixels. The block loads the tile with its margin
 // (patch radius + search radius, reflected at the image border) into shared memory once; then,
 // for every offset of the search window, it computes the channel-summed squared differences of
-// the tile plus the patch margin in shared memory, box-sums them vertically then horizontally
-// (the patch sums never leave the chip), turns them into weights and accumulates the weighted
-// shifted pixels per output pixel. The maths is that of fastdenoise/ops/nlm.py.
+// the tile plus the patch margin in shared memory, filters them with the separable Gaussian
+// patch weights vertically then horizontally (the patch sums never leave the chip), turns them
+// into weights and accumulates the weighted shifted pixels per output pixel. The maths is that
+// of fastdenoise/ops/nlm.py.
 #include "nlm.cuh"
 
 #include "fastdenoise/nlm.h"
@@ -17,9 +18,13 @@ namespace {
 constexpr int TH = 16, TW = 32, kThreads = 256;
 constexpr int kPixPerThread = TH * TW / kThreads;
 
+struct Taps {
+  float g[kNlmMaxPatch];
+};
+
 __global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict__ sigma,
                            const float* __restrict__ hh, float* __restrict__ out, int64_t H, int64_t W,
-                           int C, int P, int R) {
+                           int C, int P, int R, Taps taps) {
   extern __shared__ float smem[];
   const int b = blockIdx.z;
   const int64_t y0 = static_cast<int64_t>(blockIdx.y) * TH, x0 = static_cast<int64_t>(blockIdx.x) * TW;
@@ -44,7 +49,7 @@ __global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict_
   for (int k = 0; k < kPixPerThread; ++k) den[k] = 0.f;
   const float s = sigma[b], hv = hh[b];
   const float two_var = 2.f * s * s, inv_h2 = 1.f / (hv * hv);
-  const float norm = 1.f / static_cast<float>((2 * P + 1) * (2 * P + 1) * C);
+  const float inv_c = 1.f / static_cast<float>(C);
   const int patch = 2 * P + 1;
   __syncthreads();
 
@@ -66,7 +71,7 @@ __global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict_
       for (int i = threadIdx.x; i < TH * DW; i += blockDim.x) {
         const int r = i / DW, q = i % DW;
         float acc = 0.f;
-        for (int k = 0; k < patch; ++k) acc += diff[(r + k) * DW + q];
+        for (int k = 0; k < patch; ++k) acc += taps.g[k] * diff[(r + k) * DW + q];
         vsum[i] = acc;
       }
       __syncthreads();
@@ -75,8 +80,8 @@ __global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict_
         const int p = threadIdx.x + k * kThreads;
         const int r = p / TW, q = p % TW;
         float acc = 0.f;
-        for (int j = 0; j < patch; ++j) acc += vsum[r * DW + q + j];
-        const float d2 = acc * norm;
+        for (int j = 0; j < patch; ++j) acc += taps.g[j] * vsum[r * DW + q + j];
+        const float d2 = acc * inv_c;
         const float e = d2 > two_var ? (d2 - two_var) * inv_h2 : 0.f;
         const float w = expf(-e);
         den[k] += w;
@@ -111,7 +116,8 @@ size_t nlm_shared_bytes(int channels, int patch, int search) {
 
 cudaError_t launch_nlm(const float* x, const float* sigma, const float* h, float* out, int64_t batch,
                        int channels, int64_t H, int64_t W, int patch, int search, cudaStream_t stream) {
-  if (patch < 1 || patch % 2 == 0 || search < 1 || search % 2 == 0 || channels < 1 || batch > 65535)
+  if (patch < 1 || patch % 2 == 0 || patch > kNlmMaxPatch || search < 1 || search % 2 == 0 ||
+      channels < 1 || batch > 65535)
     return cudaErrorInvalidValue;
   if (batch == 0 || H == 0 || W == 0) return cudaSuccess;
   const size_t smem = nlm_shared_bytes(channels, patch, search);
@@ -122,7 +128,9 @@ cudaError_t launch_nlm(const float* x, const float* sigma, const float* h, float
   }
   const dim3 grid(static_cast<unsigned>((W + TW - 1) / TW), static_cast<unsigned>((H + TH - 1) / TH),
                   static_cast<unsigned>(batch));
-  nlm_kernel<<<grid, kThreads, smem, stream>>>(x, sigma, h, out, H, W, channels, patch / 2, search / 2);
+  Taps taps;
+  nlm_patch_taps(patch, taps.g);
+  nlm_kernel<<<grid, kThreads, smem, stream>>>(x, sigma, h, out, H, W, channels, patch / 2, search / 2, taps);
   return cudaGetLastError();
 }
 
