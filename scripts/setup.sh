@@ -15,7 +15,7 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PIP install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 # Build tools and test tools (no build isolation: the extension is compiled for the torch above).
-$PIP install -q "setuptools>=64" wheel ninja pybind11 numpy pytest pytest-benchmark pillow
+$PIP install -q "setuptools>=64" wheel ninja pybind11 numpy pytest pytest-benchmark pillow "scikit-image>=0.19"
 if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
   $PY -c "import triton" 2>/dev/null || $PIP install -q triton
 fi
