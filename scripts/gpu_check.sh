@@ -29,6 +29,11 @@
 #                          recorded as "not selected" and do not fail the run
 #   BENCH_ARGS             extra arguments for both benchmark runs (e.g. "--bench-compile no")
 #
+# Real data: the tests read ../shared beside the checkout, which does not travel to a GPU machine.
+# Copy it into an ignored folder of the checkout first and carry it, e.g. here:
+#   echo /.shared/ >> .git/info/exclude; cp -r ../shared .shared
+# and run with FASTDENOISE_SHARED=.shared (the default when ../shared is absent and .shared exists).
+#
 # If the whole run does not fit one session's time limit, split it (the build is kept in the
 # working tree between the calls):
 #   GPU_CHECK_ONLY="nvidia-smi build info tests triton sanitizer" bash scripts/gpu_check.sh OUT1
@@ -56,6 +61,9 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export FORCE_CUDA=1
 unset TRITON_INTERPRET FASTDENOISE_BACKEND || true
+if [ -z "${FASTDENOISE_SHARED:-}" ] && [ ! -d "$REPO/../shared" ] && [ -d "$REPO/.shared" ]; then
+  export FASTDENOISE_SHARED="$REPO/.shared"
+fi
 
 BUDGET=${GPU_CHECK_BUDGET_S:-520}
 ONLY=${GPU_CHECK_ONLY:-}

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout (CI, developers); FASTDENOISE_SHARED points elsewhere (the GPU
+# machine, which receives only the working tree: carry a copy in an ignored folder, see
+# scripts/gpu_check.sh).
+SHARED = pathlib.Path(os.environ.get("FASTDENOISE_SHARED") or REPO.parent / "shared")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,7 +34,8 @@ def _seed(request):
 @pytest.fixture(scope="session")
 def shared_dir() -> pathlib.Path:
     if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is missing: the tests read real data from ../shared beside the checkout")
+        pytest.fail(f"{SHARED} is missing: the tests read real data from ../shared beside the checkout "
+                    "(or from FASTDENOISE_SHARED)")
     return SHARED
 
 
