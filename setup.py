@@ -57,8 +57,9 @@ def _extensions():
     sources = ["csrc/fastdenoise.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     gen_dir = os.path.join(ROOT, "build", "generated")
     # torch picks the C++ standard its headers need; no FMA contraction, so that float sums
-    # round the same on every machine (block matching: CPU and CUDA give bitwise equal distances)
-    cxx = ["-O3", "-ffp-contract=off"]
+    # round the same on every machine (block matching: CPU and CUDA give bitwise equal distances);
+    # no FP traps assumed, so float selects (max, clamp) vectorise
+    cxx = ["-O3", "-ffp-contract=off", "-fno-trapping-math"]
     if sys.platform.startswith("linux"):
         cxx.append("-fopenmp")
     config = [

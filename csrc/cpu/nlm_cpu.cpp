@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <vector>
 
@@ -20,6 +21,30 @@
 
 namespace fastdenoise {
 namespace cpu {
+namespace {
+
+// exp(-e) for e >= 0, branch-free so the loops calling it vectorise: e^-e = 2^n e^r with
+// n = round(-e / ln 2), r = -e - n ln 2 in [-ln2/2, ln2/2] (Cody-Waite split of ln 2), and a
+// degree-6 Taylor polynomial for e^r (relative error below 2e-7). e is clamped to 87: weights
+// below exp(-87) ~ 1.6e-38 are kept at that value (they are negligible beside the weight 1 of
+// the pixel itself).
+inline float exp_neg(float e) {
+  const float x = -std::min(e, 87.f);
+  const float t = x * 1.44269504088896341f;
+  const int n = static_cast<int>(t - 0.5f);  // round to nearest for t <= 0
+  const float nf = static_cast<float>(n);
+  const float r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
+  float p = 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  return p * std::bit_cast<float>(static_cast<int32_t>((n + 127) << 23));
+}
+
+}  // namespace
 
 at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Tensor& h_in, int64_t patch,
                int64_t search) {
@@ -46,11 +71,23 @@ at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Ten
   const float* ph = hh.const_data_ptr<float>();
 
   const int64_t P = patch / 2, R = search / 2, pad = P + R;
-  // reflected coordinates of rows -pad .. H + pad - 1 and columns likewise
-  std::vector<int64_t> rmap(H + 2 * pad), cmap(W + 2 * pad);
-  for (int64_t i = 0; i < H + 2 * pad; ++i) rmap[i] = nlm_reflect(i - pad, H);
-  for (int64_t i = 0; i < W + 2 * pad; ++i) cmap[i] = nlm_reflect(i - pad, W);
-  const int64_t plane = H * W;
+  const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, plane = H * W, pplane = Hp * Wp;
+  // The image extended by reflection, once: every access below is then contiguous.
+  std::vector<float> padded(B * C * pplane);
+  {
+    std::vector<int64_t> rmap(Hp), cmap(Wp);
+    for (int64_t i = 0; i < Hp; ++i) rmap[i] = nlm_reflect(i - pad, H);
+    for (int64_t i = 0; i < Wp; ++i) cmap[i] = nlm_reflect(i - pad, W);
+    at::parallel_for(0, B * C * Hp, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t bc = row / Hp, r = row % Hp;
+        const float* src = px + bc * plane + rmap[r] * W;
+        float* dst = padded.data() + bc * pplane + r * Wp;
+        for (int64_t q = 0; q < Wp; ++q) dst[q] = src[cmap[q]];
+      }
+    });
+  }
+
   constexpr int64_t kRows = 32;  // output rows per task
   const int64_t blocks_per_image = (H + kRows - 1) / kRows;
   const float inv_c = 1.0f / static_cast<float>(C);
@@ -59,57 +96,61 @@ at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Ten
 
   at::parallel_for(0, B * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
     const int64_t Wd = W + 2 * P;  // columns of the distance rows (patch margin on both sides)
-    std::vector<float> diff((kRows + 2 * P) * Wd), vsum(kRows * Wd), num(C * kRows * W), den(kRows * W);
+    std::vector<float> diff((kRows + 2 * P) * Wd), vsum(Wd), wrow(W), num(C * kRows * W), den(kRows * W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks_per_image;
       const int64_t y0 = (task % blocks_per_image) * kRows, rows = std::min(kRows, H - y0);
-      const float* img = px + b * C * plane;
+      const float* img = padded.data() + b * C * pplane;
       const float two_var = 2.0f * psig[b] * psig[b];
       const float inv_h2 = 1.0f / (ph[b] * ph[b]);
       std::fill(num.begin(), num.end(), 0.f);
       std::fill(den.begin(), den.end(), 0.f);
       for (int64_t dy = -R; dy <= R; ++dy) {
         for (int64_t dx = -R; dx <= R; ++dx) {
-          // squared differences, summed over channels, for rows y0 - P .. y0 + rows + P - 1 and
-          // columns -P .. W + P - 1 (indices into rmap / cmap are shifted by pad)
+          // channel-summed squared differences for output rows y0 - P .. y0 + rows + P - 1 and
+          // columns -P .. W + P - 1; in padded coordinates the row is offset by pad, the column
+          // q of the distance row sits at padded column q + R.
           for (int64_t r = 0; r < rows + 2 * P; ++r) {
-            const int64_t ya = rmap[y0 + r - P + pad], yb = rmap[y0 + r - P + dy + pad];
-            float* drow = diff.data() + r * Wd;
+            float* __restrict drow = diff.data() + r * Wd;
+            const int64_t ya = y0 + r + R;
             for (int64_t q = 0; q < Wd; ++q) drow[q] = 0.f;
             for (int64_t c = 0; c < C; ++c) {
-              const float* ra = img + c * plane + ya * W;
-              const float* rb = img + c * plane + yb * W;
+              const float* __restrict ra = img + c * pplane + ya * Wp + R;
+              const float* __restrict rb = ra + dy * Wp + dx;
               for (int64_t q = 0; q < Wd; ++q) {
-                const float d = ra[cmap[q - P + pad]] - rb[cmap[q - P + dx + pad]];
+                const float d = ra[q] - rb[q];
                 drow[q] += d * d;
               }
             }
           }
-          // vertical weighted sums over the patch rows
           for (int64_t r = 0; r < rows; ++r) {
-            float* v = vsum.data() + r * Wd;
+            // vertical then horizontal weighted sums over the patch
+            float* __restrict v = vsum.data();
             const float* d0 = diff.data() + r * Wd;
             for (int64_t q = 0; q < Wd; ++q) v[q] = taps[0] * d0[q];
             for (int64_t k = 1; k < patch; ++k) {
-              const float* dk = d0 + k * Wd;
+              const float* __restrict dk = d0 + k * Wd;
               const float g = taps[k];
               for (int64_t q = 0; q < Wd; ++q) v[q] += g * dk[q];
             }
-          }
-          // horizontal weighted sums, weights, accumulation
-          for (int64_t r = 0; r < rows; ++r) {
-            const float* v = vsum.data() + r * Wd;
-            const int64_t ys = rmap[y0 + r + dy + pad];
-            float* dn = den.data() + r * W;
+            float* __restrict w = wrow.data();
+            for (int64_t xo = 0; xo < W; ++xo) w[xo] = taps[0] * v[xo];
+            for (int64_t k = 1; k < patch; ++k) {
+              const float g = taps[k];
+              for (int64_t xo = 0; xo < W; ++xo) w[xo] += g * v[xo + k];
+            }
+            // weights, then accumulation of the shifted pixels
+            float* __restrict dn = den.data() + r * W;
             for (int64_t xo = 0; xo < W; ++xo) {
-              float s = 0.f;
-              for (int64_t k = 0; k < patch; ++k) s += taps[k] * v[xo + k];
-              const float d2 = s * inv_c;
-              const float e = d2 > two_var ? (d2 - two_var) * inv_h2 : 0.f;
-              const float w = std::exp(-e);
-              dn[xo] += w;
-              const int64_t xs = cmap[xo + dx + pad];
-              for (int64_t c = 0; c < C; ++c) num[(c * kRows + r) * W + xo] += w * img[c * plane + ys * W + xs];
+              const float d2 = w[xo] * inv_c;
+              w[xo] = exp_neg(std::max(d2 - two_var, 0.f) * inv_h2);
+              dn[xo] += w[xo];
+            }
+            const int64_t ys = y0 + r + pad + dy;
+            for (int64_t c = 0; c < C; ++c) {
+              const float* __restrict src = img + c * pplane + ys * Wp + pad + dx;
+              float* __restrict nm = num.data() + (c * kRows + r) * W;
+              for (int64_t xo = 0; xo < W; ++xo) nm[xo] += w[xo] * src[xo];
             }
           }
         }

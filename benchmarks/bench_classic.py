@@ -1,0 +1,116 @@
+"""Classical denoising kernels: NLM and block matching, fused against the plain PyTorch reference
+and the peers a user would otherwise run.
+
+Contenders per group (same input):
+
+* ``eager``: the plain PyTorch reference of the op (float64, the spec), on the benchmark device;
+  only at the sizes where it finishes in reasonable time;
+* ``fused``: the fastdenoise kernel (default dispatch: CUDA for CUDA tensors, C++ on the CPU);
+* ``opencv``: ``cv2.fastNlMeansDenoising`` / ``...Colored`` on the host (uint8 image, 7 / 21
+  windows), when opencv-python-headless is installed (an optional comparator, never a
+  dependency);
+* ``skimage``: ``skimage.restoration.denoise_nl_means(fast_mode=True, patch_size=7,
+  patch_distance=10)`` on the host, when scikit-image is installed.
+
+The peers run on the CPU whatever the device, as users run them; the table says what each
+contender is. No ``compiled`` contender: the references are Python loops over hundreds of
+offsets, which torch.compile would unroll into graphs of thousands of nodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_generator
+
+from fastdenoise.ops import block_match, block_match_reference, nlm_filter, nlm_reference
+
+SIGMA = 25 / 255
+
+NLM_CUDA_CASES = [((1, 1, 1080, 1920), ("fused", "opencv")), ((1, 3, 1080, 1920), ("fused", "opencv")),
+                  ((1, 3, 256, 256), ("eager", "fused", "opencv", "skimage"))]
+NLM_CPU_CASES = [((1, 1, 96, 96), ("eager", "fused", "opencv", "skimage")),
+                 ((1, 3, 96, 96), ("eager", "fused", "opencv", "skimage"))]
+BM_CUDA_CASES = [((1, 1, 1080, 1920), ("fused",)), ((1, 1, 128, 128), ("eager", "fused"))]
+BM_CPU_CASES = [((1, 1, 64, 64), ("eager", "fused"))]
+
+
+def pytest_generate_tests(metafunc):
+    from conftest import bench_device
+
+    cuda = bench_device(metafunc.config).type == "cuda"
+    if "nlm_case" in metafunc.fixturenames:
+        cases = [(s, c) for s, names in (NLM_CUDA_CASES if cuda else NLM_CPU_CASES) for c in names]
+        metafunc.parametrize("nlm_case", cases, ids=[f"{'x'.join(map(str, s))}-{c}" for s, c in cases])
+    if "bm_case" in metafunc.fixturenames:
+        cases = [(s, c) for s, names in (BM_CUDA_CASES if cuda else BM_CPU_CASES) for c in names]
+        metafunc.parametrize("bm_case", cases, ids=[f"{'x'.join(map(str, s))}-{c}" for s, c in cases])
+
+
+def _noisy(shape, device, group):
+    g = make_generator(device, group)
+    n, c, h, w = shape
+    yy = torch.linspace(0, 1, h, device=device).view(h, 1)
+    xx = torch.linspace(0, 1, w, device=device).view(1, w)
+    clean = (0.5 + 0.4 * torch.sin(12 * yy) * torch.cos(9 * xx)).expand(n, c, h, w)
+    return (clean + SIGMA * torch.randn(shape, generator=g, device=device)).contiguous()
+
+
+def _to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
+    img = (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return np.ascontiguousarray(img[..., 0] if img.shape[2] == 1 else img)
+
+
+def test_nlm(nlm_case, bench, device):
+    shape, contender = nlm_case
+    group = f"nlm 7x7 in 21x21 {'x'.join(map(str, shape))} float32"
+    x = _noisy(shape, device, group)
+    h = 0.8 * SIGMA
+    if contender == "eager":
+        def fn():
+            return nlm_reference(x, SIGMA, h)
+    elif contender == "fused":
+        ref_small = nlm_reference(x[..., :48, :48], SIGMA, h)
+        torch.testing.assert_close(nlm_filter(x[..., :48, :48], SIGMA, h), ref_small, rtol=1e-5, atol=2e-6)
+
+        def fn():
+            return nlm_filter(x, SIGMA, h)
+    elif contender == "opencv":
+        cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is an optional comparator")
+        img = _to_uint8_hwc(x)
+        h8 = float(SIGMA * 255 * 0.8)
+        if img.ndim == 2:
+            def fn():
+                return cv2.fastNlMeansDenoising(img, None, h8, 7, 21)
+        else:
+            def fn():
+                return cv2.fastNlMeansDenoisingColored(img, None, h8, h8, 7, 21)
+    else:
+        restoration = pytest.importorskip("skimage.restoration", reason="scikit-image is an optional comparator")
+        img = x[0].permute(1, 2, 0).cpu().numpy()
+
+        def fn():
+            return restoration.denoise_nl_means(img, patch_size=7, patch_distance=10, h=h, sigma=SIGMA,
+                                                fast_mode=True, channel_axis=-1)
+    bench(fn, group=group, contender=contender, kind="model",
+          extra={"op": "nlm", "shape": list(shape), "peer_device": "cpu" if contender in ("opencv", "skimage")
+                 else device.type})
+
+
+def test_block_match(bm_case, bench, device):
+    shape, contender = bm_case
+    group = f"block_match 8x8 window 39 k 16 step 3 {'x'.join(map(str, shape))}"
+    x = _noisy(shape, device, group)
+    if contender == "eager":
+        def fn():
+            return block_match_reference(x)
+    else:
+        small = x[..., :48, :48]
+        got, ref = block_match(small), block_match_reference(small)
+        torch.testing.assert_close(got.distance, ref.distance, rtol=1e-5, atol=1e-7)
+
+        def fn():
+            return block_match(x)
+    bench(fn, group=group, contender=contender, kind="model", extra={"op": "block_match", "shape": list(shape)})
