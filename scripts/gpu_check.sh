@@ -12,7 +12,8 @@
 #
 # Stages (each logs to OUTDIR/NN-name.log and adds a line to OUTDIR/summary.txt):
 #   nvidia-smi, build, info, tests (junit: OUTDIR/junit-tests.xml), triton (junit-triton.xml),
-#   sanitizer, bench-haar (bench_haar.json), bench-models (bench_models.json), report (bench.md).
+#   sanitizer, bench-haar (bench_haar.json), bench-models (bench_models.json), bench-classic
+#   (bench_classic.json: NLM and block matching), report (bench.md).
 # A failed stage does not stop the run; the script exits non-zero if any stage failed.
 #
 # Time: the whole run is held to GPU_CHECK_BUDGET_S seconds (default 520, so it ends within
@@ -37,7 +38,7 @@
 # If the whole run does not fit one session's time limit, split it (the build is kept in the
 # working tree between the calls):
 #   GPU_CHECK_ONLY="nvidia-smi build info tests triton sanitizer" bash scripts/gpu_check.sh OUT1
-#   GPU_CHECK_ONLY="bench-haar bench-models report" bash scripts/gpu_check.sh OUT2
+#   GPU_CHECK_ONLY="bench-haar bench-models bench-classic report" bash scripts/gpu_check.sh OUT2
 # Where only a few files can be brought back from the machine, bundle the folder afterwards:
 #   tar -czf gpu_check.tgz -C OUTDIR .
 set -euo pipefail
@@ -176,8 +177,8 @@ s_sanitizer() {
   # No caching allocator: memcheck then sees each tensor's own bounds.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
     --print-limit 20 --target-processes all \
-    "$PY" -m pytest tests/ops/test_haar.py -q -x -p no:cacheprovider \
-    -k "cuda_kernel_matches_reference or cuda_default_dispatch"
+    "$PY" -m pytest tests/ops/test_haar.py tests/ops/test_block_match.py tests/ops/test_nlm.py -q -x \
+    -p no:cacheprovider -k "cuda_kernel or cuda_default_dispatch"
 }
 
 s_bench_haar() {
@@ -192,9 +193,15 @@ s_bench_models() {
     --benchmark-json "$OUTDIR/bench_models.json" --benchmark-columns=median,iqr,rounds $BENCH_ARGS
 }
 
+s_bench_classic() {
+  # shellcheck disable=SC2086
+  "$PY" -m pytest benchmarks/bench_classic.py -q -p no:cacheprovider --bench-device cuda \
+    --benchmark-json "$OUTDIR/bench_classic.json" --benchmark-columns=median,iqr,rounds $BENCH_ARGS
+}
+
 s_report() {
   local files=()
-  for f in "$OUTDIR/bench_haar.json" "$OUTDIR/bench_models.json"; do
+  for f in "$OUTDIR/bench_haar.json" "$OUTDIR/bench_models.json" "$OUTDIR/bench_classic.json"; do
     [ -s "$f" ] && files+=("$f")
   done
   if [ ${#files[@]} -eq 0 ]; then
@@ -213,7 +220,8 @@ stage tests        180 s_tests
 stage triton       120 s_triton
 stage sanitizer    120 s_sanitizer
 stage bench-haar   240 s_bench_haar   60
-stage bench-models 240 s_bench_models 25
+stage bench-models 240 s_bench_models 45
+stage bench-classic 120 s_bench_classic 25
 stage report        60 s_report always
 
 echo
