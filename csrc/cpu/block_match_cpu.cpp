@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor> block_match(const at::Tensor& guide_in, int64
   TORCH_CHECK(stride >= 1, "stride: expected >= 1, got ", stride);
   TORCH_CHECK(H * W < (int64_t(1) << 31), "guide: expected H * W < 2^31, got ", guide_in.sizes());
   const int64_t R = search / 2;
-  const int64_t min_candidates = ((R < H - patch ? R : H - patch) + 1) * ((R < W - patch ? R : W - patch) + 1);
+  const int64_t min_candidates = bm_min_candidates(H, W, patch, search);
   TORCH_CHECK(k >= 1 && k <= min_candidates, "k: expected 1 <= k <= ", min_candidates,
               " (the smallest search window here), got ", k);
 

@@ -18,6 +18,12 @@ FD_HOST_DEVICE inline int64_t bm_grid_pos(int64_t i, int64_t extent, int64_t pat
   return p < extent - patch ? p : extent - patch;
 }
 
+// Candidates of the smallest (corner) search window: k may not exceed it.
+FD_HOST_DEVICE inline int64_t bm_min_candidates(int64_t H, int64_t W, int64_t patch, int64_t search) {
+  const int64_t R = search / 2;
+  return ((R < H - patch ? R : H - patch) + 1) * ((R < W - patch ? R : W - patch) + 1);
+}
+
 // Candidate order: smaller distance first; at equal distance the reference patch itself, then
 // raster order of the top-left corner. `key` is -1 for the reference patch, y * W + x otherwise.
 FD_HOST_DEVICE inline bool bm_before(float da, int64_t ka, float db, int64_t kb) {
