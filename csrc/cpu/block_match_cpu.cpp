@@ -23,8 +23,13 @@ namespace {
 // patch: acc[t] for the candidate with top-left corner (cy, x0 + t), t < n. The loop over t is
 // innermost so it vectorises across candidates, while each candidate's sum keeps the canonical
 // order (patch rows, then columns) that the CUDA kernel uses too.
-inline void ssd_row(const float* top_left, const float* ref, int64_t W, int64_t patch, int64_t n,
-                    float* __restrict acc) {
+// On x86-64 with GCC it is compiled for AVX2 and for the baseline (the loader picks the clone
+// the CPU runs); both round every operation the same way, so the distances do not change.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void ssd_row(const float* top_left, const float* ref, int64_t W, int64_t patch, int64_t n,
+             float* __restrict acc) {
   for (int64_t t = 0; t < n; ++t) acc[t] = 0.f;
   for (int64_t r = 0; r < patch; ++r) {
     const float* row = top_left + r * W;

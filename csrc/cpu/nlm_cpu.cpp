@@ -44,6 +44,107 @@ inline float exp_neg(float e) {
   return p * std::bit_cast<float>(static_cast<int32_t>((n + 127) << 23));
 }
 
+// Everything one range of tasks (blocks of kRows output rows) needs.
+struct NlmArgs {
+  const float* padded;  // (B, C, H + 2 pad, W + 2 pad), reflected
+  float* out;
+  const float* sigma;
+  const float* h;
+  const float* taps;
+  int64_t C, H, W, P, R, patch, blocks_per_image;
+  float inv_c;
+};
+
+constexpr int64_t kRows = 64;  // output rows per task
+
+// The hot loops. On x86-64 with GCC they are compiled twice, for AVX2 and for the baseline, and
+// the loader picks the clone the CPU runs (the loops are the same C++, so are the results: no
+// FMA contraction, no reassociation).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void nlm_tasks(const NlmArgs& a, int64_t begin, int64_t end) {
+  const int64_t C = a.C, H = a.H, W = a.W, P = a.P, R = a.R, patch = a.patch;
+  const int64_t blocks_per_image = a.blocks_per_image, pad = P + R;
+  const int64_t Wp = W + 2 * pad, pplane = (H + 2 * pad) * Wp, plane = H * W;
+  const float* padded_all = a.padded;
+  float* po = a.out;
+  const float* psig = a.sigma;
+  const float* ph = a.h;
+  const float* taps = a.taps;
+  const float inv_c = a.inv_c;
+  const int64_t Wd = W + 2 * P;  // columns of the distance rows (patch margin on both sides)
+  std::vector<float> diff((kRows + 2 * P) * Wd), vsum(Wd), wrow(W), num(C * kRows * W), den(kRows * W);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / blocks_per_image;
+    const int64_t y0 = (task % blocks_per_image) * kRows, rows = std::min(kRows, H - y0);
+    const float* img = padded_all + b * C * pplane;
+    const float two_var = 2.0f * psig[b] * psig[b];
+    const float inv_h2 = 1.0f / (ph[b] * ph[b]);
+    std::fill(num.begin(), num.end(), 0.f);
+    std::fill(den.begin(), den.end(), 0.f);
+    for (int64_t dy = -R; dy <= R; ++dy) {
+      for (int64_t dx = -R; dx <= R; ++dx) {
+        // channel-summed squared differences for output rows y0 - P .. y0 + rows + P - 1 and
+        // columns -P .. W + P - 1; in padded coordinates the row is offset by pad, the column
+        // q of the distance row sits at padded column q + R.
+        for (int64_t r = 0; r < rows + 2 * P; ++r) {
+          float* __restrict drow = diff.data() + r * Wd;
+          const int64_t ya = y0 + r + R;
+          for (int64_t q = 0; q < Wd; ++q) drow[q] = 0.f;
+          for (int64_t c = 0; c < C; ++c) {
+            const float* __restrict ra = img + c * pplane + ya * Wp + R;
+            const float* __restrict rb = ra + dy * Wp + dx;
+            for (int64_t q = 0; q < Wd; ++q) {
+              const float d = ra[q] - rb[q];
+              drow[q] += d * d;
+            }
+          }
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          // vertical then horizontal weighted sums over the patch
+          // (the taps are symmetric: mirrored rows / columns are added before the multiply)
+          float* __restrict v = vsum.data();
+          const float* d0 = diff.data() + r * Wd;
+          const float* __restrict dc = d0 + P * Wd;
+          for (int64_t q = 0; q < Wd; ++q) v[q] = taps[P] * dc[q];
+          for (int64_t k = 0; k < P; ++k) {
+            const float* __restrict dk = d0 + k * Wd;
+            const float* __restrict dm = d0 + (patch - 1 - k) * Wd;
+            const float g = taps[k];
+            for (int64_t q = 0; q < Wd; ++q) v[q] += g * (dk[q] + dm[q]);
+          }
+          float* __restrict w = wrow.data();
+          for (int64_t xo = 0; xo < W; ++xo) w[xo] = taps[P] * v[xo + P];
+          for (int64_t k = 0; k < P; ++k) {
+            const float g = taps[k];
+            const float* __restrict vk = v + k;
+            const float* __restrict vm = v + (patch - 1 - k);
+            for (int64_t xo = 0; xo < W; ++xo) w[xo] += g * (vk[xo] + vm[xo]);
+          }
+          // weights, then accumulation of the shifted pixels
+          float* __restrict dn = den.data() + r * W;
+          for (int64_t xo = 0; xo < W; ++xo) {
+            const float d2 = w[xo] * inv_c;
+            w[xo] = exp_neg(std::max(d2 - two_var, 0.f) * inv_h2);
+            dn[xo] += w[xo];
+          }
+          const int64_t ys = y0 + r + pad + dy;
+          for (int64_t c = 0; c < C; ++c) {
+            const float* __restrict src = img + c * pplane + ys * Wp + pad + dx;
+            float* __restrict nm = num.data() + (c * kRows + r) * W;
+            for (int64_t xo = 0; xo < W; ++xo) nm[xo] += w[xo] * src[xo];
+          }
+        }
+      }
+    }
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t xo = 0; xo < W; ++xo)
+          po[b * C * plane + c * plane + (y0 + r) * W + xo] = num[(c * kRows + r) * W + xo] / den[r * W + xo];
+  }
+}
+
 }  // namespace
 
 at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Tensor& h_in, int64_t patch,
@@ -88,79 +189,14 @@ at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Ten
     });
   }
 
-  constexpr int64_t kRows = 32;  // output rows per task
   const int64_t blocks_per_image = (H + kRows - 1) / kRows;
   const float inv_c = 1.0f / static_cast<float>(C);
   float taps[kNlmMaxPatch];
   nlm_patch_taps(static_cast<int>(patch), taps);
 
-  at::parallel_for(0, B * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
-    const int64_t Wd = W + 2 * P;  // columns of the distance rows (patch margin on both sides)
-    std::vector<float> diff((kRows + 2 * P) * Wd), vsum(Wd), wrow(W), num(C * kRows * W), den(kRows * W);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks_per_image;
-      const int64_t y0 = (task % blocks_per_image) * kRows, rows = std::min(kRows, H - y0);
-      const float* img = padded.data() + b * C * pplane;
-      const float two_var = 2.0f * psig[b] * psig[b];
-      const float inv_h2 = 1.0f / (ph[b] * ph[b]);
-      std::fill(num.begin(), num.end(), 0.f);
-      std::fill(den.begin(), den.end(), 0.f);
-      for (int64_t dy = -R; dy <= R; ++dy) {
-        for (int64_t dx = -R; dx <= R; ++dx) {
-          // channel-summed squared differences for output rows y0 - P .. y0 + rows + P - 1 and
-          // columns -P .. W + P - 1; in padded coordinates the row is offset by pad, the column
-          // q of the distance row sits at padded column q + R.
-          for (int64_t r = 0; r < rows + 2 * P; ++r) {
-            float* __restrict drow = diff.data() + r * Wd;
-            const int64_t ya = y0 + r + R;
-            for (int64_t q = 0; q < Wd; ++q) drow[q] = 0.f;
-            for (int64_t c = 0; c < C; ++c) {
-              const float* __restrict ra = img + c * pplane + ya * Wp + R;
-              const float* __restrict rb = ra + dy * Wp + dx;
-              for (int64_t q = 0; q < Wd; ++q) {
-                const float d = ra[q] - rb[q];
-                drow[q] += d * d;
-              }
-            }
-          }
-          for (int64_t r = 0; r < rows; ++r) {
-            // vertical then horizontal weighted sums over the patch
-            float* __restrict v = vsum.data();
-            const float* d0 = diff.data() + r * Wd;
-            for (int64_t q = 0; q < Wd; ++q) v[q] = taps[0] * d0[q];
-            for (int64_t k = 1; k < patch; ++k) {
-              const float* __restrict dk = d0 + k * Wd;
-              const float g = taps[k];
-              for (int64_t q = 0; q < Wd; ++q) v[q] += g * dk[q];
-            }
-            float* __restrict w = wrow.data();
-            for (int64_t xo = 0; xo < W; ++xo) w[xo] = taps[0] * v[xo];
-            for (int64_t k = 1; k < patch; ++k) {
-              const float g = taps[k];
-              for (int64_t xo = 0; xo < W; ++xo) w[xo] += g * v[xo + k];
-            }
-            // weights, then accumulation of the shifted pixels
-            float* __restrict dn = den.data() + r * W;
-            for (int64_t xo = 0; xo < W; ++xo) {
-              const float d2 = w[xo] * inv_c;
-              w[xo] = exp_neg(std::max(d2 - two_var, 0.f) * inv_h2);
-              dn[xo] += w[xo];
-            }
-            const int64_t ys = y0 + r + pad + dy;
-            for (int64_t c = 0; c < C; ++c) {
-              const float* __restrict src = img + c * pplane + ys * Wp + pad + dx;
-              float* __restrict nm = num.data() + (c * kRows + r) * W;
-              for (int64_t xo = 0; xo < W; ++xo) nm[xo] += w[xo] * src[xo];
-            }
-          }
-        }
-      }
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t xo = 0; xo < W; ++xo)
-            po[b * C * plane + c * plane + (y0 + r) * W + xo] = num[(c * kRows + r) * W + xo] / den[r * W + xo];
-    }
-  });
+  const NlmArgs args{padded.data(), po, psig, ph, taps, C, H, W, P, R, patch, blocks_per_image, inv_c};
+  at::parallel_for(0, B * blocks_per_image, 1,
+                   [&](int64_t begin, int64_t end) { nlm_tasks(args, begin, end); });
   return out;
 }
 
