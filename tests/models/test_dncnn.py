@@ -12,6 +12,7 @@ from torch import nn
 
 from fastdenoise.errors import DeviceError, DTypeError, ShapeError
 from fastdenoise.models import DnCNN, load_official
+from tests.models._kair import kair_layers
 
 
 # --------------------------------------------------------------------------------------------
@@ -29,19 +30,7 @@ def kair_sequential(*blocks):
 
 
 def kair_conv(cin, cout, mode):
-    layers = []
-    for t in mode:
-        if t == "C":
-            layers.append(nn.Conv2d(cin, cout, 3, 1, 1, bias=True))
-        elif t == "B":
-            layers.append(nn.BatchNorm2d(cout, momentum=0.9, eps=1e-04, affine=True))
-        elif t == "R":
-            layers.append(nn.ReLU(inplace=True))
-        elif t == "L":
-            layers.append(nn.LeakyReLU(negative_slope=0.2, inplace=True))
-        else:
-            raise NotImplementedError(t)
-    return kair_sequential(*layers)
+    return kair_sequential(*kair_layers(cin, cout, mode))
 
 
 class KairDnCNN(nn.Module):

@@ -11,25 +11,12 @@ from torch import nn
 
 from fastdenoise.errors import DTypeError, ShapeError
 from fastdenoise.models import FFDNet, load_official
+from tests.models._kair import kair_layers
 
 
 # --------------------------------------------------------------------------------------------
 # KAIR-style reference (own code, KAIR's structure and keys)
 # --------------------------------------------------------------------------------------------
-
-def kair_layers(cin, cout, mode):
-    layers = []
-    for t in mode:
-        if t == "C":
-            layers.append(nn.Conv2d(cin, cout, 3, 1, 1, bias=True))
-        elif t == "B":
-            layers.append(nn.BatchNorm2d(cout, momentum=0.9, eps=1e-04, affine=True))
-        elif t == "R":
-            layers.append(nn.ReLU(inplace=True))
-        elif t == "L":
-            layers.append(nn.LeakyReLU(negative_slope=0.2, inplace=True))
-    return layers
-
 
 def kair_unshuffle(x, r):
     """KAIR's basicblock.pixel_unshuffle: view as (B, C, H/r, r, W/r, r), move the two r axes
