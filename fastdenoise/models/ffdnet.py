@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_like, check_tensor
+from .._checks import check_like, check_model_input, check_tensor
 from ..errors import ShapeError
-from .._checks import check_model_input
 from .dncnn import plain_cnn
 
 __all__ = ["FFDNet"]

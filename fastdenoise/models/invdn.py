@@ -229,12 +229,15 @@ class InvNet(nn.Module):
     # The official test procedure
     # ----------------------------------------------------------------------------------------
 
-    def _denoise_once(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        out = self(x)
+    def _resample_high(self, out: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Keep the first ``channel_out`` (low-pass) channels of a forward output, replace the
+        rest by standard Gaussian samples."""
         k = self.channel_out
         noise = torch.randn(out[:, k:].shape, generator=generator, dtype=out.dtype, device=out.device)
-        y = torch.cat((out[:, :k], noise), dim=1)
-        return self(y, rev=True)[:, :k]
+        return torch.cat((out[:, :k], noise), dim=1)
+
+    def _denoise_once(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        return self(self._resample_high(self(x), generator), rev=True)[:, :self.channel_out]
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, generator: Optional[torch.Generator] = None,
@@ -266,10 +269,8 @@ class InvNet(nn.Module):
         for op in ("v", "h", "t"):
             copies.extend(_transform(c, op) for c in list(copies))
         lows = [self(c) for c in copies]
-        k = self.channel_out
-        ys = [torch.cat((o[:, :k], torch.randn(o[:, k:].shape, generator=generator, dtype=o.dtype,
-                                                device=o.device)), dim=1) for o in lows]
-        outs = [self(y, rev=True)[:, :k] for y in ys]
+        ys = [self._resample_high(o, generator) for o in lows]   # noise drawn per copy, in order
+        outs = [self(y, rev=True)[:, :self.channel_out] for y in ys]
         for i in range(len(outs)):
             if i > 3:
                 outs[i] = _transform(outs[i], "t")
