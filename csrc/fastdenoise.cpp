@@ -37,6 +37,12 @@ TORCH_LIBRARY(fastdenoise, m) {
   m.def("block_match(Tensor guide, int patch, int search, int k, int stride) -> (Tensor, Tensor)");
   // Pixelwise non-local means (fastdenoise/ops/nlm.py): x (B, C, H, W) float32, sigma and h (B,).
   m.def("nlm(Tensor x, Tensor sigma, Tensor h, int patch, int search) -> Tensor");
+  // BM3D collaborative filtering, one stage (fastdenoise/ops/bm3d.py): noisy and pilot (B, C, H, W)
+  // float32 (no pilot: hard thresholding; a pilot: Wiener), the groups' matches index
+  // (B, ny, nx, K) int64 and sizes (B, ny, nx) int64, sigma (B, C) float32, the 8x8 transform,
+  // its inverse and the aggregation window -> the aggregated estimate (B, C, H, W).
+  m.def("bm3d_filter(Tensor noisy, Tensor? pilot, Tensor index, Tensor size, Tensor sigma, Tensor transform, "
+        "Tensor inverse, Tensor window, float threshold) -> Tensor");
 }
 
 namespace {

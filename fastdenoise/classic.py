@@ -9,21 +9,27 @@ Contents
 --------
 * :func:`estimate_sigma` -- the standard deviation of additive white Gaussian noise, per image.
 * :func:`nlm` -- pixelwise non-local means with the estimated (or given) sigma.
+* :func:`bm3d` -- BM3D (grey) and CBM3D (colour), both stages, with the estimated (or given) sigma.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_tensor
+from ._checks import check_tensor, memory_format_of
 from .errors import ShapeError
-from .ops.nlm import nlm_filter
+from .ops import bm3d as _bm3d_ops
+from .ops.block_match import _min_candidates, block_match
+from .ops.nlm import _per_image, nlm_filter
 
-__all__ = ["estimate_sigma", "nlm", "NLM_H_FACTOR"]
+__all__ = ["estimate_sigma", "nlm", "NLM_H_FACTOR", "bm3d", "BM3DProfile", "BM3D_PROFILES",
+           "OPPONENT", "OPPONENT_INVERSE"]
 
 
 # ============================================================================================
@@ -261,3 +267,146 @@ def nlm(x: torch.Tensor, sigma=None, h=None, patch: int = 7, search: int = 21, *
     if h is None:
         h = sigma * NLM_H_FACTOR
     return nlm_filter(x, sigma, h, patch, search, backend=backend)
+
+
+# ============================================================================================
+# BM3D
+# ============================================================================================
+
+@dataclass(frozen=True)
+class BM3DProfile:
+    """Parameters of BM3D. Distances and thresholds are on the 0-255 scale, as published: a
+    matching threshold ``tau`` bounds the mean squared difference over the block, in 8-bit units
+    (it is applied as ``tau / 255**2`` to images in [0, 1])."""
+
+    block: int = 8               # block side (the kernels take 8)
+    step: int = 3                # step of the reference-block grid
+    search: int = 39             # side of the search window
+    group_hard: int = 16         # most blocks per group, stage 1
+    group_wiener: int = 32       # most blocks per group, stage 2
+    tau_hard: float = 3000.0     # matching threshold, stage 1 (on the noisy image)
+    tau_wiener: float = 400.0    # matching threshold, stage 2 (on the first estimate)
+    lambda3d: float = 2.7        # hard threshold, in units of sigma
+    tau_noise: float = 3.0       # stage 1 matches below max(tau_hard, tau_noise * sigma^2) (sigma of
+                                 # the matching guide, 0-255 scale); see bm3d's docstring
+    beta: float = 2.0            # Kaiser window parameter of the aggregation (both stages)
+
+
+#: The profiles :func:`bm3d` knows. ``"np"`` is the authors' normal profile (BM3D paper, 2007,
+#: and their reference implementations): 8x8 blocks (bior1.5 in stage 1, DCT in stage 2, Haar
+#: along the group), step 3, window 39, 16 / 32 blocks, tau 3000 / 400, lambda_3D 2.7, Kaiser
+#: beta 2.
+BM3D_PROFILES = {"np": BM3DProfile()}
+
+#: CBM3D's opponent colour transform (rows Y, U, V of [R, G, B]) and its inverse.
+OPPONENT = ((1 / 3, 1 / 3, 1 / 3), (1 / 2, 0.0, -1 / 2), (1 / 4, -1 / 2, 1 / 4))
+OPPONENT_INVERSE = ((1.0, 1.0, 2 / 3), (1.0, 0.0, -4 / 3), (1.0, -1.0, 2 / 3))
+
+#: Smallest sigma handed to the kernels (a sigma of 0 leaves the image as it is, to rounding).
+_BM3D_MIN_SIGMA = 1e-6
+
+
+@functools.lru_cache(maxsize=None)
+def _bm3d_constants(device: torch.device):
+    """float32 bior1.5 / DCT matrices with their inverses and the Kaiser window, on ``device``."""
+    bior = _bm3d_ops.bior15_matrix()
+    dct = _bm3d_ops.dct_matrix()
+    as_f32 = lambda t: t.to(device=device, dtype=torch.float32).contiguous()  # noqa: E731
+    return {"bior": (as_f32(bior), as_f32(torch.linalg.inv(bior))), "dct": (as_f32(dct), as_f32(dct.T)),
+            "kaiser": as_f32(_bm3d_ops.kaiser_window2d(8, 2.0))}
+
+
+def _kaiser(device, beta: float) -> torch.Tensor:
+    if beta == 2.0:
+        return _bm3d_constants(device)["kaiser"]
+    return _bm3d_ops.kaiser_window2d(8, beta).to(device=device, dtype=torch.float32)
+
+
+def bm3d(x: torch.Tensor, sigma=None, stage: str = "all", profile: str = "np", *,
+         backend: Optional[str] = None) -> torch.Tensor:
+    r"""BM3D denoising of (B, C, H, W) images in [0, 1]: grey (C = 1) or colour (C = 3, CBM3D).
+
+    ``sigma``: the standard deviation of the additive white Gaussian noise in the image's units
+    (25/255 for sigma 25 on a [0, 1] image), a number or a (B,) tensor; ``None`` estimates it
+    per image (:func:`estimate_sigma`, which needs H, W >= 32). ``stage``: ``"all"`` (both
+    stages) or ``"hard"`` (the first, hard-thresholding estimate only). ``profile``: a key of
+    :data:`BM3D_PROFILES` (``"np"``). ``backend``: None (the compiled kernels of the tensor's
+    device), ``"cpu"``, ``"cuda"`` or ``"reference"`` (plain PyTorch: slow, for small images).
+    Returns the input's dtype, device and memory format; the input is not modified. H and W
+    must be at least 8.
+
+    **Algorithm** (Dabov et al., IEEE TIP 2007; colour: Dabov et al., ICIP 2007):
+
+    1. *Hard thresholding.* For each 8x8 reference block on a grid of step 3 (the last row and
+       column of blocks touching the border), the up to 16 most similar blocks within a 39 x 39
+       window (:func:`fastdenoise.ops.block_match`) whose mean squared difference is below
+       ``tau_hard / 255**2`` form a group (its size rounded down to a power of two). The group is
+       transformed in 3-D (bior1.5 on each block, Haar along the group), coefficients up to
+       ``2.7 sigma`` are zeroed, the group transformed back and its blocks aggregated with a
+       Kaiser window and the weight 1 / (sigma^2 x coefficients kept).
+    2. *Wiener filtering.* Matching again, on the first estimate (up to 32 blocks, threshold
+       ``tau_wiener``); the noisy group's 3-D spectrum (DCT on each block, Haar along the group)
+       is multiplied by the empirical Wiener gains |P|^2 / (|P|^2 + sigma^2) of the first
+       estimate's spectrum P, transformed back and aggregated (weight 1 / (sigma^2 sum gain^2)).
+
+    Colour images are filtered in the opponent colour space (:data:`OPPONENT`): blocks are
+    matched on the luma Y = (R + G + B) / 3 only, and the Y, U, V blocks of a group are filtered
+    together with the group's positions, each with its own noise level (sigma times the norm of
+    its row of the transform) and one weight per group. The exact per-group definitions are in
+    :mod:`fastdenoise.ops.bm3d`.
+
+    **Determinism.** The output is bitwise the same run after run and on any number of threads
+    (block matching breaks ties in a fixed order; aggregation sums in fixed point).
+    """
+    check_tensor("x", x)
+    if x.shape[1] not in (1, 3):
+        raise ShapeError(f"x: expected 1 (grey) or 3 (RGB) channels, got {x.shape[1]}: {list(x.shape)}")
+    h, w = x.shape[-2:]
+    if h < 8 or w < 8:
+        raise ShapeError(f"x: expected H and W of at least 8 (the block size), got H={h}, W={w}: {list(x.shape)}")
+    if stage not in ("all", "hard"):
+        raise ValueError(f"stage: expected 'all' or 'hard', got {stage!r}")
+    if profile not in BM3D_PROFILES:
+        raise ValueError(f"profile: expected one of {sorted(BM3D_PROFILES)}, got {profile!r}")
+    prof = BM3D_PROFILES[profile]
+    n, c = x.shape[:2]
+    with torch.no_grad():
+        if sigma is None:
+            sig = estimate_sigma(x).to(torch.float32)
+        else:
+            sig = _per_image("sigma", sigma, x)
+            if isinstance(sigma, torch.Tensor) and bool((sig < 0).any()):
+                raise ValueError(f"sigma: expected non-negative values, got {sig.tolist()}")
+        sig = sig.clamp_min(_BM3D_MIN_SIGMA)
+        consts = _bm3d_constants(x.device)
+        img = x.to(torch.float32)
+        if c == 3:
+            opp = torch.tensor(OPPONENT, dtype=torch.float32, device=x.device)
+            img = torch.einsum("ij,bjhw->bihw", opp, img)
+            sig_c = sig.view(n, 1) * opp.norm(dim=1).view(1, 3)
+        else:
+            sig_c = sig.view(n, 1)
+        img = img.contiguous()
+        sig_c = sig_c.contiguous()
+        window = _kaiser(x.device, prof.beta)
+        scale = 255.0 ** 2
+
+        def matches(guide_src: torch.Tensor, k: int, tau: torch.Tensor):
+            k = min(k, _min_candidates(h, w, prof.block, prof.search))
+            bm = block_match(guide_src[:, :1].contiguous(), prof.block, prof.search, k, prof.step,
+                             backend=None if backend == "reference" else backend)
+            return bm.index, _bm3d_ops.group_sizes(bm.distance, tau.view(n, 1, 1, 1))
+
+        # stage 1 matches on the noisy guide: its threshold grows with the noise (per image)
+        tau_hard = torch.clamp((sig_c[:, 0].double() ** 2) * prof.tau_noise, min=prof.tau_hard / scale)
+        index, size = matches(img, prof.group_hard, tau_hard.to(torch.float32))
+        t, ti = consts["bior"]
+        out = _bm3d_ops.bm3d_filter(img, None, index, size, sig_c, t, ti, window, prof.lambda3d, backend=backend)
+        if stage == "all":
+            index, size = matches(out, prof.group_wiener, torch.full((n,), prof.tau_wiener / scale, device=x.device))
+            t, ti = consts["dct"]
+            out = _bm3d_ops.bm3d_filter(img, out, index, size, sig_c, t, ti, window, 0.0, backend=backend)
+        if c == 3:
+            inv = torch.tensor(OPPONENT_INVERSE, dtype=torch.float32, device=x.device)
+            out = torch.einsum("ij,bjhw->bihw", inv, out)
+    return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
