@@ -1,4 +1,4 @@
-"""Classical denoising kernels: NLM and block matching, fused against the plain PyTorch reference
+"""Classical denoising: NLM, block matching and BM3D, fused against the plain PyTorch reference
 and the peers a user would otherwise run.
 
 Contenders per group (same input):
@@ -11,6 +11,14 @@ Contenders per group (same input):
   dependency);
 * ``skimage``: ``skimage.restoration.denoise_nl_means(fast_mode=True, patch_size=7,
   patch_distance=10)`` on the host, when scikit-image is installed.
+
+BM3D groups (both stages, sigma 25/255 given, float32) time ``fused`` (``classic.bm3d``),
+``eager`` (the same pipeline on the plain PyTorch reference ops, at small sizes) and ``bm3d-pkg``
+(the authors' ``bm3d`` package 4.x, ``bm3d.bm3d`` / ``bm3d.bm3d_rgb`` with its default "np"
+profile, on the host, when installed: an optional comparator licensed for non-commercial use
+only, never a dependency), on real photographs from scikit-image (camera, astronaut) or, at
+1080p on the GPU, on a synthetic image; each records the PSNR of its output against the clean
+image, so the speeds are compared at equal quality.
 
 The peers run on the CPU whatever the device, as users run them; the table says what each
 contender is. No ``compiled`` contender: the references are Python loops over hundreds of
@@ -25,6 +33,8 @@ import torch
 
 from conftest import make_generator
 
+from fastdenoise import classic
+from fastdenoise.metrics import psnr
 from fastdenoise.ops import block_match, block_match_reference, nlm_filter, nlm_reference
 
 SIGMA = 25 / 255
@@ -35,6 +45,12 @@ NLM_CPU_CASES = [((1, 1, 96, 96), ("eager", "fused", "opencv", "skimage")),
                  ((1, 3, 96, 96), ("eager", "fused", "opencv", "skimage"))]
 BM_CUDA_CASES = [((1, 1, 1080, 1920), ("fused",)), ((1, 1, 128, 128), ("eager", "fused"))]
 BM_CPU_CASES = [((1, 1, 64, 64), ("eager", "fused"))]
+# (image, crop (H, W) or None for synthetic at that size, contenders)
+BM3D_CUDA_CASES = [("synthetic", (1080, 1920), 1, ("fused",)), ("synthetic", (1080, 1920), 3, ("fused",)),
+                   ("camera", (256, 256), 1, ("eager", "fused", "bm3d-pkg")),
+                   ("astronaut", (256, 256), 3, ("fused", "bm3d-pkg"))]
+BM3D_CPU_CASES = [("camera", (256, 256), 1, ("eager", "fused", "bm3d-pkg")),
+                  ("astronaut", (256, 256), 3, ("fused", "bm3d-pkg"))]
 
 
 def pytest_generate_tests(metafunc):
@@ -44,6 +60,10 @@ def pytest_generate_tests(metafunc):
     if "nlm_case" in metafunc.fixturenames:
         cases = [(s, c) for s, names in (NLM_CUDA_CASES if cuda else NLM_CPU_CASES) for c in names]
         metafunc.parametrize("nlm_case", cases, ids=[f"{'x'.join(map(str, s))}-{c}" for s, c in cases])
+    if "bm3d_case" in metafunc.fixturenames:
+        cases = [(img, hw, ch, c) for img, hw, ch, names in (BM3D_CUDA_CASES if cuda else BM3D_CPU_CASES)
+                 for c in names]
+        metafunc.parametrize("bm3d_case", cases, ids=[f"{i}-{h}x{w}x{ch}-{c}" for i, (h, w), ch, c in cases])
     if "bm_case" in metafunc.fixturenames:
         cases = [(s, c) for s, names in (BM_CUDA_CASES if cuda else BM_CPU_CASES) for c in names]
         metafunc.parametrize("bm_case", cases, ids=[f"{'x'.join(map(str, s))}-{c}" for s, c in cases])
@@ -114,3 +134,50 @@ def test_block_match(bm_case, bench, device):
         def fn():
             return block_match(x)
     bench(fn, group=group, contender=contender, kind="model", extra={"op": "block_match", "shape": list(shape)})
+
+
+def _bm3d_clean(image: str, hw, channels: int, device) -> torch.Tensor:
+    """(1, C, H, W) float64 clean image in [0, 1]: a crop of a scikit-image photograph (grey for
+    one channel), or a synthetic image of textures and edges."""
+    h, w = hw
+    if image == "synthetic":
+        yy = torch.linspace(0, 1, h, dtype=torch.float64).view(h, 1)
+        xx = torch.linspace(0, 1, w, dtype=torch.float64).view(1, w)
+        planes = [0.5 + 0.3 * torch.sin((20 + 7 * c) * yy) * torch.cos(15 * xx) * (xx > 0.3 + 0.1 * c)
+                  + 0.1 * torch.sin(80 * xx * yy) for c in range(channels)]
+        return torch.stack(planes).unsqueeze(0).to(device)
+    data = pytest.importorskip("skimage.data", reason="the BM3D benchmark photographs come from scikit-image")
+    img = torch.from_numpy(getattr(data, image)()).double() / 255
+    img = img.unsqueeze(0) if img.dim() == 2 else img.permute(2, 0, 1)
+    if channels == 1 and img.shape[0] == 3:
+        img = img.mean(dim=0, keepdim=True)
+    y0, x0 = (img.shape[1] - h) // 2, (img.shape[2] - w) // 2
+    return img[:, y0:y0 + h, x0:x0 + w].unsqueeze(0).contiguous().to(device)
+
+
+def test_bm3d(bm3d_case, bench, device):
+    image, hw, channels, contender = bm3d_case
+    group = f"bm3d both stages {image} {hw[0]}x{hw[1]}x{channels} sigma 25 float32"
+    clean = _bm3d_clean(image, hw, channels, device)
+    g = make_generator(device, group)
+    noisy = (clean + SIGMA * torch.randn(clean.shape, generator=g, device=device, dtype=torch.float64)).float()
+    if contender in ("fused", "eager"):
+        backend = None if contender == "fused" else "reference"
+
+        def fn():
+            return classic.bm3d(noisy, SIGMA, backend=backend)
+    else:
+        pkg = pytest.importorskip("bm3d", reason="the authors' bm3d package is an optional comparator")
+        img = noisy[0].permute(1, 2, 0).double().cpu().numpy()
+        if channels == 1:
+            def fn():
+                return torch.from_numpy(np.asarray(pkg.bm3d(img[..., 0], SIGMA)))[None, None]
+        else:
+            def fn():
+                return torch.from_numpy(np.asarray(pkg.bm3d_rgb(img, SIGMA))).permute(2, 0, 1)[None]
+    out = bench(fn, group=group, contender=contender, kind="model",
+                extra={"op": "bm3d", "shape": list(noisy.shape),
+                       "peer_device": "cpu" if contender == "bm3d-pkg" else device.type})
+    quality = psnr(out.double().clamp(0, 1).to(clean.device), clean).item()
+    bench.benchmark.extra_info["psnr_db"] = quality
+    assert quality > psnr(noisy.double(), clean).item() + 5, f"{contender} did not denoise: {quality:.2f} dB"

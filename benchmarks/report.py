@@ -14,6 +14,8 @@ a summary (one line per group) and, per group, a table:
 * achieved GB/s: ``extra_info["bytes_moved"] / median / 1e9`` (bytes read + written, when the
   benchmark records them), and its share of the device's measured copy bandwidth
   (``extra_info["copy_gbps"]``, read + write bytes of ``dst.copy_(src)``);
+* PSNR (dB) against the clean image, when the group records it (``extra_info["psnr_db"]``:
+  denoisers compared at equal quality);
 * peak CUDA memory (MiB) when recorded: the peak during one call, and the part above what was
   allocated before it (workspace + output).
 
@@ -133,6 +135,7 @@ def group_rows(benches: list) -> list:
             "peak_mib": ei["peak_memory_bytes"] / MIB if ei.get("peak_memory_bytes") is not None else None,
             "extra_mib": ei["peak_extra_bytes"] / MIB if ei.get("peak_extra_bytes") is not None else None,
             "graph_breaks": ei.get("graph_breaks"),
+            "psnr_db": ei.get("psnr_db"),
         }
         if ei.get("bytes_moved") and median > 0:
             row["gbps"] = ei["bytes_moved"] / median / 1e9
@@ -283,6 +286,7 @@ def render(data: dict) -> str:
         has_bw = any(r["gbps"] is not None for r in rows)
         has_flops = any(r["tflops"] is not None for r in rows)
         has_mem = any(r["peak_mib"] is not None for r in rows)
+        has_psnr = any(r["psnr_db"] is not None for r in rows)
         header = ["contender", "median", "vs eager", "vs compiled"]
         if has_bw:
             header += ["GB/s", "share of copy BW"]
@@ -290,6 +294,8 @@ def render(data: dict) -> str:
             header += ["TFLOP/s"]
         if has_mem:
             header += ["peak MiB", "peak above inputs MiB"]
+        if has_psnr:
+            header += ["PSNR dB"]
         header += ["rounds"]
         table = []
         for r in rows:
@@ -301,6 +307,8 @@ def render(data: dict) -> str:
                 line += [fmt_num(r["tflops"], 2)]
             if has_mem:
                 line += [fmt_num(r["peak_mib"]), fmt_num(r["extra_mib"])]
+            if has_psnr:
+                line += ["—" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}"]
             line += [str(r["rounds"])]
             table.append(line)
         lines += [f"### {name}", ""] + _table(header, table)
