@@ -322,6 +322,19 @@ def _kaiser(device, beta: float) -> torch.Tensor:
     return _bm3d_ops.kaiser_window2d(8, beta).to(device=device, dtype=torch.float32)
 
 
+def _mix_channels(x: torch.Tensor, matrix) -> torch.Tensor:
+    """``out[:, i] = sum_j matrix[i][j] * x[:, j]`` for a 3x3 matrix, as elementwise float32
+    operations in a fixed order (not a matmul, whose summation order differs between CPU and
+    GPU libraries), so the colour transforms round the same on every device."""
+    rows = []
+    for row in matrix:
+        acc = x[:, 0] * float(row[0])
+        for j in (1, 2):
+            acc = acc + x[:, j] * float(row[j])
+        rows.append(acc)
+    return torch.stack(rows, dim=1)
+
+
 def bm3d(x: torch.Tensor, sigma=None, stage: str = "all", profile: str = "np", *,
          backend: Optional[str] = None) -> torch.Tensor:
     r"""BM3D denoising of (B, C, H, W) images in [0, 1]: grey (C = 1) or colour (C = 3, CBM3D).
@@ -381,9 +394,9 @@ def bm3d(x: torch.Tensor, sigma=None, stage: str = "all", profile: str = "np", *
         consts = _bm3d_constants(x.device)
         img = x.to(torch.float32)
         if c == 3:
-            opp = torch.tensor(OPPONENT, dtype=torch.float32, device=x.device)
-            img = torch.einsum("ij,bjhw->bihw", opp, img)
-            sig_c = sig.view(n, 1) * opp.norm(dim=1).view(1, 3)
+            img = _mix_channels(img, OPPONENT)
+            norms = [math.sqrt(sum(a * a for a in row)) for row in OPPONENT]
+            sig_c = sig.view(n, 1) * torch.tensor(norms, dtype=torch.float32, device=x.device).view(1, 3)
         else:
             sig_c = sig.view(n, 1)
         img = img.contiguous()
@@ -407,6 +420,5 @@ def bm3d(x: torch.Tensor, sigma=None, stage: str = "all", profile: str = "np", *
             t, ti = consts["dct"]
             out = _bm3d_ops.bm3d_filter(img, out, index, size, sig_c, t, ti, window, 0.0, backend=backend)
         if c == 3:
-            inv = torch.tensor(OPPONENT_INVERSE, dtype=torch.float32, device=x.device)
-            out = torch.einsum("ij,bjhw->bihw", inv, out)
+            out = _mix_channels(out, OPPONENT_INVERSE)
     return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))

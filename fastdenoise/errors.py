@@ -13,6 +13,7 @@ __all__ = [
     "DeviceError",
     "BackendError",
     "CheckpointError",
+    "ImageFormatError",
 ]
 
 
@@ -38,3 +39,8 @@ class BackendError(FastDenoiseError, RuntimeError):
 
 class CheckpointError(FastDenoiseError, RuntimeError):
     """A checkpoint does not fit the architecture it is loaded into."""
+
+
+class ImageFormatError(FastDenoiseError, ValueError):
+    """An image file is corrupt or truncated, or stored in a way fastdenoise cannot read (or
+    write) without losing information: the message says what was expected and what came."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build the CUDA extension, run every test (the CUDA ones included),
-# the Triton tests on the GPU, compute-sanitizer on the Haar CUDA tests, and the benchmarks with
+# the Triton tests on the GPU, compute-sanitizer on the CUDA kernel tests, and the benchmarks with
 # their markdown report. Everything lands in OUTDIR.
 #
 #   bash scripts/gpu_check.sh OUTDIR
@@ -177,7 +177,7 @@ s_sanitizer() {
   # No caching allocator: memcheck then sees each tensor's own bounds.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
     --print-limit 20 --target-processes all \
-    "$PY" -m pytest tests/ops/test_haar.py tests/ops/test_block_match.py tests/ops/test_nlm.py -q -x \
+    "$PY" -m pytest tests/ops/test_haar.py tests/ops/test_block_match.py tests/ops/test_nlm.py tests/ops/test_bm3d.py -q -x \
     -p no:cacheprovider -k "cuda_kernel or cuda_default_dispatch"
 }
 

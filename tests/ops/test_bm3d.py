@@ -280,7 +280,7 @@ def test_bad_values(backend):
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("wiener", [False, True])
-def test_cuda_is_bitwise_the_cpu_kernel(shape, wiener):
+def test_cuda_kernel_is_bitwise_the_cpu_kernel(shape, wiener):
     _cpu()
     x, index, size, sigma = _problem(shape, k=32, tau=0.08)
     pilot = (x + 0.05 * torch.randn_like(x)).contiguous() if wiener else None
@@ -294,7 +294,7 @@ def test_cuda_is_bitwise_the_cpu_kernel(shape, wiener):
 
 
 @pytest.mark.cuda
-def test_cuda_bad_values_raise():
+def test_cuda_kernel_bad_values_raise():
     args = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _args().items()}
     bad = args["size"].clone()
     bad[0, 0, 0] = 3
