@@ -60,6 +60,15 @@ constexpr int64_t kRows = 64;  // output rows per task
 // The hot loops. On x86-64 with GCC they are compiled twice, for AVX2 and for the baseline, and
 // the loader picks the clone the CPU runs (the loops are the same C++, so are the results: no
 // FMA contraction, no reassociation).
+//
+// Symmetry: the weight of the pair (p, p + t) is the same number for pixel p at offset t and for
+// pixel p + t at offset -t (the same squared differences, filtered in the same order), so only
+// the offsets of one half-plane (dy > 0, or dy == 0 and dx > 0) are evaluated, each weight
+// serving both pixels ("forward": p in the block takes x(p + t); "backward": p + t in the block
+// takes x(p)). The pixels p whose partner lies in the block reach up to R rows above it and R
+// columns beside it (in the reflected border when the block touches the image's edge: exactly
+// the neighbours the plain definition uses there). About half the distance work of evaluating
+// every offset for every pixel.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
@@ -73,67 +82,89 @@ void nlm_tasks(const NlmArgs& a, int64_t begin, int64_t end) {
   const float* ph = a.h;
   const float* taps = a.taps;
   const float inv_c = a.inv_c;
-  const int64_t Wd = W + 2 * P;  // columns of the distance rows (patch margin on both sides)
-  std::vector<float> diff((kRows + 2 * P) * Wd), vsum(Wd), wrow(W), num(C * kRows * W), den(kRows * W);
+  const int64_t Wd = W + R + 2 * P;  // longest distance row: W + |dx| pixels plus the patch margins
+  std::vector<float> diff((kRows + R + 2 * P) * Wd), vsum(Wd), wrow(W + R), num(C * kRows * W), den(kRows * W);
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / blocks_per_image;
     const int64_t y0 = (task % blocks_per_image) * kRows, rows = std::min(kRows, H - y0);
     const float* img = padded_all + b * C * pplane;
     const float two_var = 2.0f * psig[b] * psig[b];
     const float inv_h2 = 1.0f / (ph[b] * ph[b]);
-    std::fill(num.begin(), num.end(), 0.f);
-    std::fill(den.begin(), den.end(), 0.f);
-    for (int64_t dy = -R; dy <= R; ++dy) {
-      for (int64_t dx = -R; dx <= R; ++dx) {
-        // channel-summed squared differences for output rows y0 - P .. y0 + rows + P - 1 and
-        // columns -P .. W + P - 1; in padded coordinates the row is offset by pad, the column
-        // q of the distance row sits at padded column q + R.
-        for (int64_t r = 0; r < rows + 2 * P; ++r) {
+    // the pixel itself: weight exactly 1 (distance 0)
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t xo = 0; xo < W; ++xo) den[r * W + xo] = 1.f;
+      for (int64_t c = 0; c < C; ++c) {
+        const float* src = img + c * pplane + (y0 + r + pad) * Wp + pad;
+        float* nm = num.data() + (c * kRows + r) * W;
+        for (int64_t xo = 0; xo < W; ++xo) nm[xo] = src[xo];
+      }
+    }
+    for (int64_t dy = 0; dy <= R; ++dy) {
+      for (int64_t dx = dy == 0 ? 1 : -R; dx <= R; ++dx) {
+        // p runs over rows y0 - dy .. y0 + rows - 1 (np rows) and columns c0 .. c0 + nc - 1
+        const int64_t np = rows + dy;
+        const int64_t c0 = dx < 0 ? 0 : -dx, nc = W + (dx < 0 ? -dx : dx), nd = nc + 2 * P;
+        // channel-summed squared differences between x(p) and x(p + t) for p rows
+        // y0 - dy - P .. and columns c0 - P .. (distance row index q <-> column c0 - P + q)
+        for (int64_t r = 0; r < np + 2 * P; ++r) {
           float* __restrict drow = diff.data() + r * Wd;
-          const int64_t ya = y0 + r + R;
-          for (int64_t q = 0; q < Wd; ++q) drow[q] = 0.f;
+          const int64_t ya = y0 - dy - P + r + pad;
+          for (int64_t q = 0; q < nd; ++q) drow[q] = 0.f;
           for (int64_t c = 0; c < C; ++c) {
-            const float* __restrict ra = img + c * pplane + ya * Wp + R;
+            const float* __restrict ra = img + c * pplane + ya * Wp + c0 - P + pad;
             const float* __restrict rb = ra + dy * Wp + dx;
-            for (int64_t q = 0; q < Wd; ++q) {
+            for (int64_t q = 0; q < nd; ++q) {
               const float d = ra[q] - rb[q];
               drow[q] += d * d;
             }
           }
         }
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t r = 0; r < np; ++r) {
           // vertical then horizontal weighted sums over the patch
           // (the taps are symmetric: mirrored rows / columns are added before the multiply)
           float* __restrict v = vsum.data();
           const float* d0 = diff.data() + r * Wd;
           const float* __restrict dc = d0 + P * Wd;
-          for (int64_t q = 0; q < Wd; ++q) v[q] = taps[P] * dc[q];
+          for (int64_t q = 0; q < nd; ++q) v[q] = taps[P] * dc[q];
           for (int64_t k = 0; k < P; ++k) {
             const float* __restrict dk = d0 + k * Wd;
             const float* __restrict dm = d0 + (patch - 1 - k) * Wd;
             const float g = taps[k];
-            for (int64_t q = 0; q < Wd; ++q) v[q] += g * (dk[q] + dm[q]);
+            for (int64_t q = 0; q < nd; ++q) v[q] += g * (dk[q] + dm[q]);
           }
           float* __restrict w = wrow.data();
-          for (int64_t xo = 0; xo < W; ++xo) w[xo] = taps[P] * v[xo + P];
+          for (int64_t j = 0; j < nc; ++j) w[j] = taps[P] * v[j + P];
           for (int64_t k = 0; k < P; ++k) {
             const float g = taps[k];
             const float* __restrict vk = v + k;
             const float* __restrict vm = v + (patch - 1 - k);
-            for (int64_t xo = 0; xo < W; ++xo) w[xo] += g * (vk[xo] + vm[xo]);
+            for (int64_t j = 0; j < nc; ++j) w[j] += g * (vk[j] + vm[j]);
           }
-          // weights, then accumulation of the shifted pixels
-          float* __restrict dn = den.data() + r * W;
-          for (int64_t xo = 0; xo < W; ++xo) {
-            const float d2 = w[xo] * inv_c;
-            w[xo] = exp_neg(std::max(d2 - two_var, 0.f) * inv_h2);
-            dn[xo] += w[xo];
+          for (int64_t j = 0; j < nc; ++j) {
+            const float d2 = w[j] * inv_c;
+            w[j] = exp_neg(std::max(d2 - two_var, 0.f) * inv_h2);
           }
-          const int64_t ys = y0 + r + pad + dy;
-          for (int64_t c = 0; c < C; ++c) {
-            const float* __restrict src = img + c * pplane + ys * Wp + pad + dx;
-            float* __restrict nm = num.data() + (c * kRows + r) * W;
-            for (int64_t xo = 0; xo < W; ++xo) nm[xo] += w[xo] * src[xo];
+          const int64_t pr = y0 - dy + r;  // image row of p
+          if (r >= dy) {  // forward: p in the block takes x(p + t)
+            const int64_t o = r - dy;
+            const float* __restrict wf = w - c0;  // weight of p column xo
+            float* __restrict dn = den.data() + o * W;
+            for (int64_t xo = 0; xo < W; ++xo) dn[xo] += wf[xo];
+            for (int64_t c = 0; c < C; ++c) {
+              const float* __restrict src = img + c * pplane + (pr + dy + pad) * Wp + pad + dx;
+              float* __restrict nm = num.data() + (c * kRows + o) * W;
+              for (int64_t xo = 0; xo < W; ++xo) nm[xo] += wf[xo] * src[xo];
+            }
+          }
+          if (r < rows) {  // backward: p + t in the block (output row r) takes x(p)
+            const float* __restrict wb = w - c0 - dx;  // weight of p column q - dx
+            float* __restrict dn = den.data() + r * W;
+            for (int64_t q = 0; q < W; ++q) dn[q] += wb[q];
+            for (int64_t c = 0; c < C; ++c) {
+              const float* __restrict src = img + c * pplane + (pr + pad) * Wp + pad - dx;
+              float* __restrict nm = num.data() + (c * kRows + r) * W;
+              for (int64_t q = 0; q < W; ++q) nm[q] += wb[q] * src[q];
+            }
           }
         }
       }
