@@ -40,30 +40,31 @@ constexpr int64_t kChunkRows = 8;
 #define FD_CLONES
 #endif
 
+// Eight floats, one row of a block, as a GCC vector (unaligned loads and stores allowed).
+typedef float Row8 __attribute__((vector_size(32), aligned(4)));
+
 // out = M z M'^T for n blocks of 64 values: first t[r][s] = sum_k M[r][k] z[k][s], then
 // out[r][s] = sum_k t[r][k] Mt[k][s] (Mt = M transposed), each sum over k in ascending order
-// from 0 -- the order the CUDA kernel uses. The innermost loop runs over s, so it vectorises
-// without changing any lane's arithmetic.
+// from 0 -- the order the CUDA kernel uses. Written on whole rows (a scalar times a row of
+// eight), so every lane does exactly the scalar arithmetic of its element.
 FD_CLONES void transform_blocks(const float* __restrict m, const float* __restrict mt, float* __restrict z,
                                 int n) {
+  Row8 mt_rows[B8];
+  for (int k = 0; k < B8; ++k) mt_rows[k] = *reinterpret_cast<const Row8*>(mt + k * B8);
   for (int j = 0; j < n; ++j) {
     float* blk = z + j * A64;
+    Row8 rows[B8];
+    for (int k = 0; k < B8; ++k) rows[k] = *reinterpret_cast<const Row8*>(blk + k * B8);
     float t[A64];
     for (int r = 0; r < B8; ++r) {
-      float acc[B8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      for (int k = 0; k < B8; ++k) {
-        const float a = m[r * B8 + k];
-        for (int s = 0; s < B8; ++s) acc[s] = acc[s] + a * blk[k * B8 + s];
-      }
-      for (int s = 0; s < B8; ++s) t[r * B8 + s] = acc[s];
+      Row8 acc = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int k = 0; k < B8; ++k) acc = acc + m[r * B8 + k] * rows[k];
+      *reinterpret_cast<Row8*>(t + r * B8) = acc;
     }
     for (int r = 0; r < B8; ++r) {
-      float acc[B8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      for (int k = 0; k < B8; ++k) {
-        const float a = t[r * B8 + k];
-        for (int s = 0; s < B8; ++s) acc[s] = acc[s] + a * mt[k * B8 + s];
-      }
-      for (int s = 0; s < B8; ++s) blk[r * B8 + s] = acc[s];
+      Row8 acc = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int k = 0; k < B8; ++k) acc = acc + t[r * B8 + k] * mt_rows[k];
+      *reinterpret_cast<Row8*>(blk + r * B8) = acc;
     }
   }
 }
@@ -103,6 +104,50 @@ FD_CLONES void haar_inverse_group(float* __restrict z, int n) {
       }
     }
     std::memcpy(z, t, sizeof(float) * len * A64);
+  }
+}
+
+// Hard thresholding of `count` coefficients at thr; returns how many were kept.
+FD_CLONES int64_t shrink_hard(float* __restrict z, int count, float thr) {
+  int64_t kept = 0;
+  for (int i = 0; i < count; ++i) {
+    const bool keep = std::fabs(z[i]) > thr;
+    kept += keep ? 1 : 0;
+    z[i] = keep ? z[i] : 0.f;
+  }
+  return kept;
+}
+
+// Wiener shrinkage of `count` coefficients with the pilot's spectrum p; returns sum(gain^2) in
+// fixed point.
+FD_CLONES int64_t shrink_wiener(float* __restrict z, const float* __restrict p, int count, float s2) {
+  int64_t q = 0;
+  for (int i = 0; i < count; ++i) {
+    const float p2 = p[i] * p[i];
+    const float gain = p2 / (p2 + s2);
+    z[i] = z[i] * gain;
+    q += bm3d_to_fixed(gain * gain);
+  }
+  return q;
+}
+
+// Adds one group's estimates (C channels of n blocks, channel stride kBm3dMaxGroup blocks) at
+// their positions to the band: numerators += fixed(wk * estimate), denominator += fixed(wk).
+FD_CLONES void aggregate_group(const float* __restrict z, const int64_t* __restrict match, int n, int64_t C,
+                               const float* __restrict wk, const int64_t* __restrict wk_fixed, int64_t* band,
+                               int64_t band_h, int64_t ylo, int64_t W) {
+  int64_t* den = band + C * band_h * W;
+  for (int j = 0; j < n; ++j) {
+    const int64_t py = match[j] / W - ylo, px = match[j] % W;
+    for (int r = 0; r < B8; ++r) {
+      int64_t* __restrict dr = den + (py + r) * W + px;
+      for (int s = 0; s < B8; ++s) dr[s] += wk_fixed[r * B8 + s];
+      for (int64_t c = 0; c < C; ++c) {
+        const float* __restrict est = z + (c * kBm3dMaxGroup + j) * A64 + r * B8;
+        int64_t* __restrict nr = band + (c * band_h + py + r) * W + px;
+        for (int s = 0; s < B8; ++s) nr[s] += bm3d_to_fixed(wk[r * B8 + s] * est[s]);
+      }
+    }
   }
 }
 
@@ -189,7 +234,6 @@ at::Tensor bm3d_filter(const at::Tensor& noisy_in, const std::optional<at::Tenso
         }
       const int64_t band_h = yhi - ylo;
       band.assign(static_cast<size_t>((g.C + 1) * band_h * g.W), 0);
-      int64_t* bden = band.data() + g.C * band_h * g.W;
 
       for (int64_t gy = gy0; gy < gy1; ++gy)
         for (int64_t gx = 0; gx < g.nx; ++gx) {
@@ -219,23 +263,10 @@ at::Tensor bm3d_filter(const at::Tensor& noisy_in, const std::optional<at::Tenso
               float* pc = zp.data() + c * kBm3dMaxGroup * A64;
               transform_blocks(tf, tft, pc, n);
               haar_forward_group(pc, n);
-              int64_t q = 0;
-              for (int i = 0; i < n * A64; ++i) {
-                const float p2 = pc[i] * pc[i];
-                const float gain = p2 / (p2 + s2f[c]);
-                zc[i] = zc[i] * gain;
-                q += bm3d_to_fixed(gain * gain);
-              }
+              const int64_t q = shrink_wiener(zc, pc, n * A64, s2f[c]);
               sum_q += s2[c] * (static_cast<double>(q) / kBm3dFixedScale);
             } else {
-              int64_t kept = 0;
-              for (int i = 0; i < n * A64; ++i) {
-                if (std::fabs(zc[i]) > thr[c]) {
-                  ++kept;
-                } else {
-                  zc[i] = 0.f;
-                }
-              }
+              const int64_t kept = shrink_hard(zc, n * A64, thr[c]);
               sum_q += s2[c] * static_cast<double>(kept);
             }
             haar_inverse_group(zc, n);
@@ -248,19 +279,7 @@ at::Tensor bm3d_filter(const at::Tensor& noisy_in, const std::optional<at::Tenso
             wk[p] = w * win[p];
             wk_fixed[p] = bm3d_to_fixed(wk[p]);
           }
-          // aggregate into the band
-          for (int j = 0; j < n; ++j) {
-            const int64_t py = match[j] / g.W - ylo, px = match[j] % g.W;
-            for (int r = 0; r < B8; ++r) {
-              int64_t* dr = bden + (py + r) * g.W + px;
-              for (int s = 0; s < B8; ++s) dr[s] += wk_fixed[r * B8 + s];
-              for (int64_t c = 0; c < g.C; ++c) {
-                const float* est = z.data() + (c * kBm3dMaxGroup + j) * A64 + r * B8;
-                int64_t* nr = band.data() + (c * band_h + py + r) * g.W + px;
-                for (int s = 0; s < B8; ++s) nr[s] += bm3d_to_fixed(wk[r * B8 + s] * est[s]);
-              }
-            }
-          }
+          aggregate_group(z.data(), match, n, g.C, wk, wk_fixed, band.data(), band_h, ylo, g.W);
         }
       // add the band to the image accumulators
       std::lock_guard<std::mutex> guard(acc_lock);

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "fastdenoise/haar.h"  // FD_HOST_DEVICE
 
@@ -25,15 +26,22 @@ enum Bm3dMode : int { kBm3dHard = 0, kBm3dWiener = 1 };
 // Aggregation in fixed point: every contribution w * window * estimate is rounded to an integer
 // multiple of 2^-32 and summed in int64. Integer sums do not depend on the order of the terms, so
 // the result is the same whatever order the groups are processed in (threads, CUDA blocks) and is
-// the same on every backend. Range: |term| < 2^30 keeps any pixel's sum (at most a few thousand
-// terms, weights <= 1) far from overflow.
+// the same on every backend. Range: terms below 2^19 in magnitude (weights are <= 1, so pixel
+// values below about 10^5) keep every pixel's sum of at most a few thousand terms far from
+// overflow.
 constexpr double kBm3dFixedScale = 4294967296.0;  // 2^32
 
+// round(v * 2^32) to the nearest integer, ties to even. Exact for |v| < 2^19. On the host by the
+// 1.5 * 2^52 trick (adding it leaves the rounded integer in the low mantissa bits: no libm
+// call, and the loops calling it vectorise); on the device __double2ll_rn, the same rounding.
 FD_HOST_DEVICE inline int64_t bm3d_to_fixed(float v) {
 #if defined(__CUDA_ARCH__)
   return __double2ll_rn(static_cast<double>(v) * kBm3dFixedScale);
 #else
-  return static_cast<int64_t>(std::nearbyint(static_cast<double>(v) * kBm3dFixedScale));
+  const double shifted = static_cast<double>(v) * kBm3dFixedScale + 6755399441055744.0;  // + 1.5 * 2^52
+  int64_t bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  return bits - INT64_C(0x4338000000000000);  // the bits of 1.5 * 2^52
 #endif
 }
 
