@@ -42,7 +42,8 @@ SIGMA = 25 / 255
 NLM_CUDA_CASES = [((1, 1, 1080, 1920), ("fused", "opencv")), ((1, 3, 1080, 1920), ("fused", "opencv")),
                   ((1, 3, 256, 256), ("eager", "fused", "opencv", "skimage"))]
 NLM_CPU_CASES = [((1, 1, 96, 96), ("eager", "fused", "opencv", "skimage")),
-                 ((1, 3, 96, 96), ("eager", "fused", "opencv", "skimage"))]
+                 ((1, 3, 96, 96), ("eager", "fused", "opencv", "skimage")),
+                 ((1, 1, 1080, 1920), ("fused", "opencv")), ((1, 3, 1080, 1920), ("fused", "opencv"))]
 BM_CUDA_CASES = [((1, 1, 1080, 1920), ("fused",)), ((1, 1, 128, 128), ("eager", "fused"))]
 BM_CPU_CASES = [((1, 1, 64, 64), ("eager", "fused"))]
 # (image, crop (H, W) or None for synthetic at that size, contenders)
@@ -50,6 +51,7 @@ BM3D_CUDA_CASES = [("synthetic", (1080, 1920), 1, ("fused",)), ("synthetic", (10
                    ("camera", (256, 256), 1, ("eager", "fused", "bm3d-pkg")),
                    ("astronaut", (256, 256), 3, ("fused", "bm3d-pkg"))]
 BM3D_CPU_CASES = [("camera", (256, 256), 1, ("eager", "fused", "bm3d-pkg")),
+                  ("camera", (512, 512), 1, ("fused", "bm3d-pkg")),
                   ("astronaut", (256, 256), 3, ("fused", "bm3d-pkg"))]
 
 
