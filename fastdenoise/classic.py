@@ -415,8 +415,7 @@ def bm3d(x: torch.Tensor, sigma=None, stage: str = "all", profile: str = "np", *
 
         def matches(guide_src: torch.Tensor, k: int, tau: torch.Tensor):
             k = min(k, _min_candidates(h, w, prof.block, prof.search))
-            bm = block_match(guide_src[:, :1].contiguous(), prof.block, prof.search, k, prof.step,
-                             backend=None if backend == "reference" else backend)
+            bm = block_match(guide_src[:, :1].contiguous(), prof.block, prof.search, k, prof.step, backend=backend)
             return bm.index, _bm3d_ops.group_sizes(bm.distance, tau.view(n, 1, 1, 1))
 
         # stage 1 matches on the noisy guide: its threshold grows with the noise (per image)
