@@ -47,6 +47,11 @@ def _warn_reference_once(op: str, device: torch.device) -> None:
                       "PyTorch reference serves.", RuntimeWarning, stacklevel=3)
 
 
+def default_backend() -> Optional[str]:
+    """The backend ``FASTDENOISE_BACKEND`` forces, or None."""
+    return os.environ.get("FASTDENOISE_BACKEND") or None
+
+
 def resolve(op: str, x: torch.Tensor, backend: Optional[str], *, triton_op: bool = True,
             dtypes_triton=None) -> str:
     """The backend that will run ``op`` on ``x``; raises BackendError / DeviceError if a forced one cannot.
@@ -55,7 +60,7 @@ def resolve(op: str, x: torch.Tensor, backend: Optional[str], *, triton_op: bool
     Triton kernel exists for this op family.
     """
     if backend is None:
-        backend = os.environ.get("FASTDENOISE_BACKEND") or None
+        backend = default_backend()
     if backend is None:
         if x.device.type == "cuda":
             if _ext.has_kernel(op, "CUDA"):

@@ -13,7 +13,8 @@
 # Stages (each logs to OUTDIR/NN-name.log and adds a line to OUTDIR/summary.txt):
 #   nvidia-smi, build, info, tests (junit: OUTDIR/junit-tests.xml), triton (junit-triton.xml),
 #   sanitizer, bench-haar (bench_haar.json), bench-models (bench_models.json), bench-classic
-#   (bench_classic.json: NLM and block matching), report (bench.md).
+#   (bench_classic.json: NLM, block matching, BM3D), bench-norm-gate (bench_norm_gate.json:
+#   layer norm over channels and the gates), report (bench.md).
 # A failed stage does not stop the run; the script exits non-zero if any stage failed.
 #
 # Time: the whole run is held to GPU_CHECK_BUDGET_S seconds (default 520, so it ends within
@@ -199,9 +200,16 @@ s_bench_classic() {
     --benchmark-json "$OUTDIR/bench_classic.json" --benchmark-columns=median,iqr,rounds $BENCH_ARGS
 }
 
+s_bench_norm_gate() {
+  # shellcheck disable=SC2086
+  "$PY" -m pytest benchmarks/bench_norm_gate.py -q -p no:cacheprovider --bench-device cuda \
+    --benchmark-json "$OUTDIR/bench_norm_gate.json" --benchmark-columns=median,iqr,rounds $BENCH_ARGS
+}
+
 s_report() {
   local files=()
-  for f in "$OUTDIR/bench_haar.json" "$OUTDIR/bench_models.json" "$OUTDIR/bench_classic.json"; do
+  for f in "$OUTDIR/bench_haar.json" "$OUTDIR/bench_models.json" "$OUTDIR/bench_classic.json" \
+           "$OUTDIR/bench_norm_gate.json"; do
     [ -s "$f" ] && files+=("$f")
   done
   if [ ${#files[@]} -eq 0 ]; then
@@ -222,6 +230,7 @@ stage sanitizer    120 s_sanitizer
 stage bench-haar   240 s_bench_haar   60
 stage bench-models 240 s_bench_models 45
 stage bench-classic 120 s_bench_classic 25
+stage bench-norm-gate 120 s_bench_norm_gate 20
 stage report        60 s_report always
 
 echo

@@ -2,8 +2,13 @@
 spec) and the dispatch to the CUDA / Triton / C++ CPU kernels."""
 
 from .block_match import BlockMatches, block_match, block_match_reference
+from .bm3d import bm3d_filter, bm3d_filter_reference
+from .gate import gate_reference, gelu_gate, simple_gate
 from .haar import haar_dwt2d, haar_idwt2d, haar_dwt2d_reference, haar_idwt2d_reference
 from .nlm import nlm_filter, nlm_reference
+from .norm import layer_norm2d, layer_norm2d_reference
 
 __all__ = ["haar_dwt2d", "haar_idwt2d", "haar_dwt2d_reference", "haar_idwt2d_reference",
-           "block_match", "block_match_reference", "BlockMatches", "nlm_filter", "nlm_reference"]
+           "block_match", "block_match_reference", "BlockMatches", "nlm_filter", "nlm_reference",
+           "bm3d_filter", "bm3d_filter_reference", "layer_norm2d", "layer_norm2d_reference",
+           "simple_gate", "gelu_gate", "gate_reference"]
