@@ -1,6 +1,8 @@
 """Functional API: one module per kernel family. Each holds its plain PyTorch reference (the
 spec) and the dispatch to the CUDA / Triton / C++ CPU kernels."""
 
+from .attention import (channel_attention, channel_attention_reference, simplified_channel_attention,
+                        simplified_channel_attention_reference)
 from .block_match import BlockMatches, block_match, block_match_reference
 from .bm3d import bm3d_filter, bm3d_filter_reference
 from .gate import gate_reference, gelu_gate, simple_gate
@@ -11,4 +13,5 @@ from .norm import layer_norm2d, layer_norm2d_reference
 __all__ = ["haar_dwt2d", "haar_idwt2d", "haar_dwt2d_reference", "haar_idwt2d_reference",
            "block_match", "block_match_reference", "BlockMatches", "nlm_filter", "nlm_reference",
            "bm3d_filter", "bm3d_filter_reference", "layer_norm2d", "layer_norm2d_reference",
-           "simple_gate", "gelu_gate", "gate_reference"]
+           "simple_gate", "gelu_gate", "gate_reference", "channel_attention", "channel_attention_reference",
+           "simplified_channel_attention", "simplified_channel_attention_reference"]
