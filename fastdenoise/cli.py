@@ -191,7 +191,7 @@ def _load_failure(exc: BaseException) -> str:
 
 
 def _checkpoint(path: str, device: torch.device) -> Method:
-    from .models import DnCNN, FFDNet, InvNet, MWCNN, load_official
+    from .models import MPRNet, MWCNN, Baseline, DnCNN, FFDNet, InvNet, NAFNet, RIDNet, load_official
 
     if not os.path.exists(path):
         raise UsageError(f"--method: expected bm3d, nlm or the path of a checkpoint, got {path!r} (no such file)")
@@ -223,6 +223,10 @@ def _checkpoint(path: str, device: torch.device) -> Method:
         return Method(label, False, model.n_colors, lambda x, sigma: model(x))
     if isinstance(model, DnCNN):
         return Method(label, False, model.in_nc, lambda x, sigma: model(x))
+    if isinstance(model, (NAFNet, Baseline)):        # [0, 1] in and out; pads and crops itself
+        return Method(label, False, model.img_channel, lambda x, sigma: model(x))
+    if isinstance(model, (RIDNet, MPRNet)):          # their denoise(): [0, 1] in and out
+        return Method(label, False, getattr(model, "in_c", 3), lambda x, sigma: model.denoise(x))
     raise UsageError(f"{path}: loaded as {type(model).__name__}, which the command line does not run")
 
 

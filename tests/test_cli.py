@@ -380,6 +380,29 @@ def test_checkpoint_models(tmp_path, rng, capsys):
     assert read_pixels(tmp_path / "i.png").shape == (37, 45, 3)
 
 
+@pytest.mark.parametrize("arch, kwargs, container", [
+    ("nafnet", dict(img_channel=3, width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1]), "params"),
+    ("baseline", dict(img_channel=3, width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1]), "params"),
+    ("ridnet", dict(n_feats=16), None),
+    ("mprnet", dict(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1), "state_dict"),
+])
+def test_checkpoints_of_the_attention_models(tmp_path, rng, capsys, arch, kwargs, container):
+    """NAFNet / Baseline run on [0, 1] images, RIDNet and MPRNet through their denoise(); odd
+    sizes are padded and cropped back by the models."""
+    model = build(arch, **kwargs).eval()
+    sd = model.state_dict()
+    path = tmp_path / f"{arch}.pth"
+    torch.save({container: sd} if container else sd, path)
+    _, noisy = write_pair(tmp_path, rng, c=3, h=29, w=35)
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "o.png", "--method", path)
+    assert code == 0, err
+    x = read_image(noisy, as_tensor=True)
+    with torch.no_grad():
+        y = model.denoise(x) if hasattr(model, "denoise") else model(x).clamp(0, 1)
+    expected = quantize(y.clamp(0, 1)[0].permute(1, 2, 0).numpy(), 8)
+    assert np.array_equal(read_pixels(tmp_path / "o.png"), expected)
+
+
 @pytest.mark.parametrize("content", [b"", b"hello world\n", b"\x89PNG\r\n\x1a\n" + bytes(40)])
 def test_not_a_checkpoint_is_one_line(tmp_path, rng, capsys, content):
     _, noisy = write_pair(tmp_path, rng)

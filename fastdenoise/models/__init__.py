@@ -7,6 +7,11 @@ from .ffdnet import FFDNet
 from .invdn import InvBlockExp, InvNet
 from .loading import ARCHS, build, infer_arch, load_official
 from .mwcnn import MWCNN
+from .mprnet import MPRNet
+from .ridnet import RIDNet
+from .nafnet import Baseline, BaselineLocal, NAFNet, NAFNetLocal
 
 __all__ = ["DnCNN", "FFDNet", "InvNet", "InvBlockExp", "MWCNN", "ARCHS", "build", "infer_arch",
            "load_official"]
+__all__ += ["NAFNet", "NAFNetLocal", "Baseline", "BaselineLocal"]
+__all__ += ["RIDNet", "MPRNet"]

@@ -21,11 +21,16 @@ from .dncnn import DnCNN
 from .ffdnet import FFDNet
 from .invdn import InvNet
 from .mwcnn import MWCNN
+from .mprnet import MPRNet, infer_mprnet
+from .ridnet import RIDNet, infer_ridnet
+from .nafnet import Baseline, BaselineLocal, NAFNet, NAFNetLocal
 
 __all__ = ["ARCHS", "build", "load_official", "infer_arch", "unwrap_state_dict", "CONTAINER_KEYS"]
 
 #: architecture name -> class
 ARCHS: Dict[str, type] = {"dncnn": DnCNN, "ffdnet": FFDNet, "invdn": InvNet, "mwcnn": MWCNN}
+ARCHS.update(ridnet=RIDNet, mprnet=MPRNet)
+ARCHS.update({"nafnet": NAFNet, "nafnet_local": NAFNetLocal, "baseline": Baseline, "baseline_local": BaselineLocal})
 
 #: keys under which training scripts store the weights, tried in this order (BasicSR writes
 #: "params" / "params_ema", Lightning "state_dict", others "model", "net", "network").
@@ -152,20 +157,83 @@ def _infer_mwcnn(sd) -> Dict[str, Any]:
     return {"n_colors": head.shape[1] // 4, "n_feats": d_l2.shape[0] // 4}
 
 
+_UNET_BLOCK_KEY = re.compile(r"^(encoders\.\d+|middle_blks|decoders\.\d+)\.(\d+)\.norm1\.weight$")
+_UNET_LEVEL_KEY = re.compile(r"^(downs\.\d+\.weight|ups\.\d+\.0\.weight)$")
+
+
+def _is_nafnet_family(sd) -> bool:
+    intro, ending = sd.get("intro.weight"), sd.get("ending.weight")
+    return (intro is not None and ending is not None and intro.dim() == 4 and ending.dim() == 4
+            and intro.shape[1] == ending.shape[0])
+
+
+def _infer_nafnet_family(sd) -> Tuple[str, Dict[str, Any]]:
+    """NAFNet / Baseline: ``intro`` and ``ending`` convolutions around ``encoders.<i>.<j>``,
+    ``downs.<i>``, ``middle_blks.<j>``, ``ups.<i>.0``, ``decoders.<i>.<j>``; Baseline when the
+    blocks have ``se.*`` (squeeze-and-excitation), NAFNet otherwise (``sca.*``). Both
+    expansions are always returned for Baseline (official arguments), for NAFNet only when not 2."""
+    if not _is_nafnet_family(sd):
+        raise CheckpointError("checkpoint: no `intro.weight` / `ending.weight` convolutions found (NAFNet layout)")
+    blocks: Dict[str, int] = {}
+    levels = {"downs": 0, "ups": 0}
+    for k in sd:
+        m = _UNET_BLOCK_KEY.match(k)
+        if m:
+            blocks[m.group(1)] = max(blocks.get(m.group(1), 0), int(m.group(2)) + 1)
+        elif _UNET_LEVEL_KEY.match(k):
+            kind, i = k.split(".")[:2]
+            levels[kind] = max(levels[kind], int(i) + 1)
+    intro = sd["intro.weight"]
+    hp: Dict[str, Any] = {"img_channel": intro.shape[1], "width": intro.shape[0],
+                          "middle_blk_num": blocks.get("middle_blks", 0),
+                          "enc_blk_nums": [blocks.get(f"encoders.{i}", 0) for i in range(levels["downs"])],
+                          "dec_blk_nums": [blocks.get(f"decoders.{i}", 0) for i in range(levels["ups"])]}
+    baseline = any(k.endswith(".se.1.weight") for k in sd)
+    dw, ffn = (1, 2) if baseline else (2, 2)
+    first = next((f"{name}.{j}" for name, n in blocks.items() for j in range(n)
+                  if f"{name}.{j}.conv1.weight" in sd), None)
+    if first is not None:
+        c = sd[f"{first}.norm1.weight"].numel()
+        dw, ffn = sd[f"{first}.conv1.weight"].shape[0] // c, sd[f"{first}.conv4.weight"].shape[0] // c
+    if baseline:
+        return "baseline", dict(hp, dw_expand=dw, ffn_expand=ffn)
+    hp.update({k: v for k, v in (("dw_expand", dw), ("ffn_expand", ffn)) if v != 2})
+    return "nafnet", hp
+
+
+def _infer_nafnet_as(arch: str):
+    def infer(sd) -> Dict[str, Any]:
+        found, hp = _infer_nafnet_family(sd)
+        if found.startswith("baseline") != arch.startswith("baseline"):   # forced across: keep the shapes
+            hp.pop("dw_expand", None), hp.pop("ffn_expand", None)
+        return hp
+    return infer
+
+
 def infer_arch(state_dict: Mapping) -> Tuple[str, Dict[str, Any]]:
     """``(arch, hyper-parameters)`` of an (unwrapped) state dict, from its keys and shapes.
 
     InvNet: ``operations.<i>.haar_weights``; MWCNN: ``head.0.body.0.weight`` with ``pro_l3.*``;
     DnCNN / FFDNet: ``model.<i>.weight`` (FFDNet when the first convolution takes
-    ``4k + 1`` channels and the last gives ``4k``). Raises CheckpointError when none fits.
+    ``4k + 1`` channels and the last gives ``4k``). NAFNet / Baseline: ``intro.weight`` and
+    ``ending.weight`` (Baseline when its blocks have ``se.*``; the TLC variants ``nafnet_local``
+    / ``baseline_local`` have the same keys: name them with ``arch=``). RIDNet:
+    ``head.body.0.weight`` with ``b1.r1.body1.0.weight``; MPRNet: ``shallow_feat1.0.weight``
+    with ``stage3_orsnet.*``. Raises CheckpointError when none fits.
     """
     keys = list(state_dict)
     if any(_OP_KEY.match(k) and k.endswith(".haar_weights") for k in keys):
         return "invdn", _infer_invdn(state_dict)
     if "head.0.body.0.weight" in state_dict and any(k.startswith("pro_l3.") for k in keys):
         return "mwcnn", _infer_mwcnn(state_dict)
+    if "head.body.0.weight" in state_dict and "b1.r1.body1.0.weight" in state_dict:
+        return "ridnet", infer_ridnet(state_dict)
+    if "shallow_feat1.0.weight" in state_dict and any(k.startswith("stage3_orsnet.") for k in keys):
+        return "mprnet", infer_mprnet(state_dict)
     if any(_MODEL_KEY.match(k) for k in keys):
         return _infer_plain(state_dict)
+    if _is_nafnet_family(state_dict):
+        return _infer_nafnet_family(state_dict)
     shown = keys[:12]
     raise CheckpointError(f"checkpoint: cannot infer the architecture from its keys {shown}"
                           f"{' ...' if len(keys) > 12 else ''}; expected the layout of one of "
@@ -173,6 +241,8 @@ def infer_arch(state_dict: Mapping) -> Tuple[str, Dict[str, Any]]:
 
 
 _INFER = {"invdn": _infer_invdn, "mwcnn": _infer_mwcnn}
+_INFER.update(ridnet=infer_ridnet, mprnet=infer_mprnet)
+_INFER.update({a: _infer_nafnet_as(a) for a in ("nafnet", "nafnet_local", "baseline", "baseline_local")})
 
 
 def _infer_for(arch: str, sd) -> Dict[str, Any]:
@@ -223,7 +293,8 @@ def load_official(path_or_state_dict, arch: Optional[str] = None, *, param_key: 
     weights_only=True)``) or a dict: a bare state dict, or a container holding one under
     ``params``, ``params_ema``, ``state_dict``, ``model``, ``net`` or ``network`` (in that order;
     ``param_key`` is tried first), with or without a ``module.`` prefix.
-    ``arch``: ``"dncnn" | "ffdnet" | "invdn" | "mwcnn"``, or None to infer it from the keys and
+    ``arch``: ``"dncnn" | "ffdnet" | "invdn" | "mwcnn" | "ridnet" | "mprnet"`` (any name in
+    :data:`ARCHS`), or None to infer it from the keys and
     shapes (see :func:`infer_arch`). The hyper-parameters are inferred too; ``kwargs`` override
     them (e.g. ``act_mode='BL'``, which the weights cannot tell from ``'BR'``).
 

@@ -158,6 +158,6 @@ def test_param_key_is_tried_first():
 
 
 def test_build_registry():
-    assert set(ARCHS) == {"dncnn", "ffdnet", "invdn", "mwcnn"}
+    assert {"dncnn", "ffdnet", "invdn", "mwcnn"} <= set(ARCHS)   # each model file adds its own
     assert isinstance(build("DnCNN", nb=3, nc=4), DnCNN)
     assert isinstance(build("mwcnn", n_feats=4), MWCNN)
