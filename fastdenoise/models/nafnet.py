@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_model_input, memory_format_of
+from ..nn import nafnet as fused_blocks
 from ..errors import ShapeError
 
 __all__ = ["LayerNorm2d", "SimpleGate", "NAFBlock", "BaselineBlock", "LocalAvgPool2d", "NAFNet",
@@ -105,14 +106,6 @@ class SimpleGate(nn.Module):
         return a * b
 
 
-def _dropout(p: float) -> nn.Module:
-    return nn.Dropout(p) if p > 0.0 else nn.Identity()
-
-
-def _conv1x1(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, kernel_size=1, padding=0, stride=1, groups=1, bias=bias)
-
-
 class NAFBlock(nn.Module):
     """NAFNet's block on ``c`` channels (see the module docstring), official arguments
     ``NAFBlock(c, DW_Expand=2, FFN_Expand=2, drop_out_rate=0.)``. ``c * DW_Expand`` and
@@ -120,25 +113,7 @@ class NAFBlock(nn.Module):
 
     def __init__(self, c: int, DW_Expand: int = 2, FFN_Expand: int = 2, drop_out_rate: float = 0.0):
         super().__init__()
-        dw_channel = c * DW_Expand
-        ffn_channel = FFN_Expand * c
-        if dw_channel % 2 or ffn_channel % 2:
-            raise ValueError(f"NAFBlock: expected even c * DW_Expand and c * FFN_Expand (SimpleGate splits "
-                             f"them in halves), got c={c}, DW_Expand={DW_Expand}, FFN_Expand={FFN_Expand}")
-        self.conv1 = _conv1x1(c, dw_channel)
-        self.conv2 = nn.Conv2d(dw_channel, dw_channel, kernel_size=3, padding=1, stride=1, groups=dw_channel,
-                               bias=True)
-        self.conv3 = _conv1x1(dw_channel // 2, c)
-        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv1x1(dw_channel // 2, dw_channel // 2))
-        self.sg = SimpleGate()
-        self.conv4 = _conv1x1(c, ffn_channel)
-        self.conv5 = _conv1x1(ffn_channel // 2, c)
-        self.norm1 = LayerNorm2d(c)
-        self.norm2 = LayerNorm2d(c)
-        self.dropout1 = _dropout(drop_out_rate)
-        self.dropout2 = _dropout(drop_out_rate)
-        self.beta = nn.Parameter(torch.zeros((1, c, 1, 1)))
-        self.gamma = nn.Parameter(torch.zeros((1, c, 1, 1)))
+        fused_blocks.build_nafblock(self, c, DW_Expand, FFN_Expand, drop_out_rate, LayerNorm2d, SimpleGate)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         x = self.sg(self.conv2(self.conv1(self.norm1(inp))))
@@ -154,23 +129,7 @@ class BaselineBlock(nn.Module):
 
     def __init__(self, c: int, DW_Expand: int = 1, FFN_Expand: int = 2, drop_out_rate: float = 0.0):
         super().__init__()
-        dw_channel = c * DW_Expand
-        ffn_channel = FFN_Expand * c
-        self.conv1 = _conv1x1(c, dw_channel)
-        self.conv2 = nn.Conv2d(dw_channel, dw_channel, kernel_size=3, padding=1, stride=1, groups=dw_channel,
-                               bias=True)
-        self.conv3 = _conv1x1(dw_channel, c)
-        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv1x1(dw_channel, dw_channel // 2),
-                                nn.ReLU(inplace=True), _conv1x1(dw_channel // 2, dw_channel), nn.Sigmoid())
-        self.gelu = nn.GELU()
-        self.conv4 = _conv1x1(c, ffn_channel)
-        self.conv5 = _conv1x1(ffn_channel, c)
-        self.norm1 = LayerNorm2d(c)
-        self.norm2 = LayerNorm2d(c)
-        self.dropout1 = _dropout(drop_out_rate)
-        self.dropout2 = _dropout(drop_out_rate)
-        self.beta = nn.Parameter(torch.zeros((1, c, 1, 1)))
-        self.gamma = nn.Parameter(torch.zeros((1, c, 1, 1)))
+        fused_blocks.build_baselineblock(self, c, DW_Expand, FFN_Expand, drop_out_rate, LayerNorm2d)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         x = self.gelu(self.conv2(self.conv1(self.norm1(inp))))
@@ -341,7 +300,10 @@ class NAFNet(_UNet):
 
     ``dw_expand`` and ``ffn_expand`` (keyword-only, not in the official constructor, which
     always builds ``NAFBlock(chan)``) are passed to every :class:`NAFBlock` as ``DW_Expand`` and
-    ``FFN_Expand``; the defaults give the official network.
+    ``FFN_Expand``; the defaults give the official network. ``fused`` (keyword-only, default
+    True) builds the blocks as :class:`fastdenoise.nn.NAFBlock` (the same parameters and keys,
+    computed with the fused ops: Triton on CUDA, the plain references on the CPU); False builds
+    this module's plain :class:`NAFBlock`.
 
     ``forward(inp)``: (B, img_channel, H, W), any H and W (padded to a multiple of
     ``2 ** len(enc_blk_nums)`` inside, cropped back), on the model's device and dtype; returns
@@ -352,27 +314,30 @@ class NAFNet(_UNet):
 
     def __init__(self, img_channel: int = 3, width: int = 16, middle_blk_num: int = 1,
                  enc_blk_nums: Sequence[int] = (), dec_blk_nums: Sequence[int] = (), *,
-                 dw_expand: int = 2, ffn_expand: int = 2):
+                 dw_expand: int = 2, ffn_expand: int = 2, fused: bool = True):
         super().__init__()
-        self.dw_expand, self.ffn_expand = dw_expand, ffn_expand
+        self.dw_expand, self.ffn_expand, self.fused = dw_expand, ffn_expand, bool(fused)
+        block = fused_blocks.NAFBlock if fused else NAFBlock
         self._build(img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums,
-                    lambda chan: NAFBlock(chan, dw_expand, ffn_expand))
+                    lambda chan: block(chan, dw_expand, ffn_expand))
 
 
 class Baseline(_UNet):
     """NAFNet's Baseline. Arguments as the official ``Baseline(img_channel=3, width=16,
     middle_blk_num=1, enc_blk_nums=[], dec_blk_nums=[], dw_expand=1, ffn_expand=2)``; every
-    block is ``BaselineBlock(chan, dw_expand, ffn_expand)``. Forward as :class:`NAFNet`."""
+    block is ``BaselineBlock(chan, dw_expand, ffn_expand)``; ``fused`` (keyword-only, default
+    True) makes them :class:`fastdenoise.nn.BaselineBlock`. Forward as :class:`NAFNet`."""
 
     _name = "Baseline"
 
     def __init__(self, img_channel: int = 3, width: int = 16, middle_blk_num: int = 1,
                  enc_blk_nums: Sequence[int] = (), dec_blk_nums: Sequence[int] = (),
-                 dw_expand: int = 1, ffn_expand: int = 2):
+                 dw_expand: int = 1, ffn_expand: int = 2, *, fused: bool = True):
         super().__init__()
-        self.dw_expand, self.ffn_expand = dw_expand, ffn_expand
+        self.dw_expand, self.ffn_expand, self.fused = dw_expand, ffn_expand, bool(fused)
+        block = fused_blocks.BaselineBlock if fused else BaselineBlock
         self._build(img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums,
-                    lambda chan: BaselineBlock(chan, dw_expand, ffn_expand))
+                    lambda chan: block(chan, dw_expand, ffn_expand))
 
 
 def _localize(net: _UNet, train_size: Sequence[int], fast_imp: bool) -> None:
@@ -396,7 +361,7 @@ def _localize(net: _UNet, train_size: Sequence[int], fast_imp: bool) -> None:
         h, w = ph // 2 ** level, pw // 2 ** level
         pool = LocalAvgPool2d((h * base_h // th, w * base_w // tw), fast_imp=fast_imp,
                               max_r=(max(1, _FAST_RATES[0] * h // th), max(1, _FAST_RATES[0] * w // tw)))
-        attention = block.sca if isinstance(block, NAFBlock) else block.se
+        attention = block.sca if hasattr(block, "sca") else block.se
         attention[0] = pool
     net.train_size, net.fast_imp = train_size, bool(fast_imp)
 

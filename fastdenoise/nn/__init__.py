@@ -2,5 +2,6 @@
 (same state-dict keys and shapes), and can be built from it with ``from_module(m)``."""
 
 from .haar import DWT, IWT, HaarDownsampling
+from .nafnet import BaselineBlock, LayerNorm2d, NAFBlock, SimpleGate
 
-__all__ = ["HaarDownsampling", "DWT", "IWT"]
+__all__ = ["HaarDownsampling", "DWT", "IWT", "LayerNorm2d", "SimpleGate", "NAFBlock", "BaselineBlock"]

@@ -347,12 +347,17 @@ def test_batch_channels_last_and_determinism(cls, cfg):
 def test_local_equals_global_up_to_the_base_size(local, plain, cfg, fast_imp):
     """train 16x16 -> base 24x24: inputs up to 24x24 (after padding) get global statistics at
     every level; larger ones local statistics."""
-    net = _randomise(plain(**cfg), 5)
-    tlc = local(**cfg, train_size=(1, 3, 16, 16), fast_imp=fast_imp)
+    net = _randomise(plain(**cfg, fused=False), 5)
+    tlc = local(**cfg, train_size=(1, 3, 16, 16), fast_imp=fast_imp, fused=False)
     tlc.load_state_dict(net.state_dict())
+    # the fused blocks (default) keep local statistics unfused and fuse the rest: the same
+    # numbers to float32 rounding
+    tlc_fused = local(**cfg, train_size=(1, 3, 16, 16), fast_imp=fast_imp)
+    tlc_fused.load_state_dict(net.state_dict())
     for hw in [(24, 24), (21, 17), (9, 24)]:
         x = _image(2, 3, *hw, seed=6)
         assert torch.equal(_run(tlc, x), _run(net, x)), hw
+        torch.testing.assert_close(_run(tlc_fused, x), _run(net, x), rtol=1e-5, atol=1e-5)
     for hw in [(40, 24), (24, 37), (48, 48)]:
         x = _image(2, 3, *hw, seed=7)
         assert (_run(tlc, x) - _run(net, x)).abs().max() > 1e-4, hw

@@ -5,8 +5,6 @@ several programs, 64-bit offsets, autograd. GPU only: bfloat16, opcheck, torch.c
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -15,13 +13,9 @@ pytest.importorskip("triton")
 from fastdenoise._checks import memory_format_of  # noqa: E402
 from fastdenoise.ops import attention as A  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-pytestmark = [
-    pytest.mark.triton,
-    pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
-                       reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (CPU interpreter)"),
-]
-DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
+from ._common import DEVICE, MARKS  # noqa: E402
+
+pytestmark = MARKS
 TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.float64: (1e-12, 1e-12),
        torch.bfloat16: (1.6e-2, 1.6e-2)}
 LAYOUTS = ("nchw", "channels_last")

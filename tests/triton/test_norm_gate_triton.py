@@ -9,8 +9,6 @@ strided inputs, odd sizes, batch > 1, 64-bit offsets, autograd. On the GPU only
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -21,13 +19,9 @@ from fastdenoise.ops import gate as G  # noqa: E402
 from fastdenoise.ops import norm as N  # noqa: E402
 from fastdenoise.ops import gate_reference, gelu_gate, layer_norm2d, layer_norm2d_reference, simple_gate  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-pytestmark = [
-    pytest.mark.triton,
-    pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
-                       reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (CPU interpreter)"),
-]
-DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
+from ._common import DEVICE, MARKS  # noqa: E402
+
+pytestmark = MARKS
 LAYOUTS = ("nchw", "channels_last")
 # odd channel counts (padded tiles), C = 1, a width-32 NAFNet level, Restormer's 48, 1x1 images
 SHAPES = [(2, 5, 7, 9), (1, 48, 3, 11), (3, 1, 4, 4), (2, 32, 1, 1), (1, 130, 2, 3)]
