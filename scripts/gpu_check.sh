@@ -182,29 +182,16 @@ s_sanitizer() {
     -p no:cacheprovider -k "cuda_kernel or cuda_default_dispatch"
 }
 
-s_bench_haar() {
+bench_suite() {  # bench_suite NAME: benchmarks/bench_NAME.py on the GPU -> OUTDIR/bench_NAME.json
   # shellcheck disable=SC2086
-  "$PY" -m pytest benchmarks/bench_haar.py -q -p no:cacheprovider --bench-device cuda \
-    --benchmark-json "$OUTDIR/bench_haar.json" --benchmark-columns=median,iqr,rounds $BENCH_ARGS
+  "$PY" -m pytest "benchmarks/bench_$1.py" -q -p no:cacheprovider --bench-device cuda \
+    --benchmark-json "$OUTDIR/bench_$1.json" --benchmark-columns=median,iqr,rounds $BENCH_ARGS
 }
-
-s_bench_models() {
-  # shellcheck disable=SC2086
-  "$PY" -m pytest benchmarks/bench_models.py -q -p no:cacheprovider --bench-device cuda \
-    --benchmark-json "$OUTDIR/bench_models.json" --benchmark-columns=median,iqr,rounds $BENCH_ARGS
-}
-
-s_bench_classic() {
-  # shellcheck disable=SC2086
-  "$PY" -m pytest benchmarks/bench_classic.py -q -p no:cacheprovider --bench-device cuda \
-    --benchmark-json "$OUTDIR/bench_classic.json" --benchmark-columns=median,iqr,rounds $BENCH_ARGS
-}
-
-s_bench_norm_gate() {
-  # shellcheck disable=SC2086
-  "$PY" -m pytest benchmarks/bench_norm_gate.py -q -p no:cacheprovider --bench-device cuda \
-    --benchmark-json "$OUTDIR/bench_norm_gate.json" --benchmark-columns=median,iqr,rounds $BENCH_ARGS
-}
+export -f bench_suite   # the stages run in their own `bash -c`
+s_bench_haar() { bench_suite haar; }
+s_bench_models() { bench_suite models; }
+s_bench_classic() { bench_suite classic; }
+s_bench_norm_gate() { bench_suite norm_gate; }
 
 s_report() {
   local files=()

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "fastdenoise/bm3d.h"
+#include "tests/expect.h"
 
 namespace fastdenoise {
 namespace cpu {
@@ -23,16 +24,7 @@ at::Tensor bm3d_filter(const at::Tensor& noisy, const std::optional<at::Tensor>&
 
 namespace {
 
-int g_pass = 0, g_fail = 0;
-
-void expect(bool ok, const char* what) {
-  if (ok) {
-    ++g_pass;
-  } else {
-    ++g_fail;
-    std::printf("FAIL: %s\n", what);
-  }
-}
+using fastdenoise_test::expect;
 
 void check_haar() {
   for (int n = 1; n <= fastdenoise::kBm3dMaxGroup; n *= 2) {
@@ -131,6 +123,5 @@ int main() {
   at::manual_seed(20261121);
   check_haar();
   check_filter();
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail == 0 ? 0 : 1;
+  return fastdenoise_test::report();
 }

@@ -10,6 +10,7 @@
 
 #include "fastdenoise/block_match.h"
 #include "fastdenoise/nlm.h"
+#include "tests/expect.h"
 
 namespace fastdenoise {
 namespace cpu {
@@ -22,16 +23,7 @@ at::Tensor nlm(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& h
 
 namespace {
 
-int g_pass = 0, g_fail = 0;
-
-void expect(bool ok, const char* what) {
-  if (ok) {
-    ++g_pass;
-  } else {
-    ++g_fail;
-    std::printf("FAIL: %s\n", what);
-  }
-}
+using fastdenoise_test::expect;
 
 // Block matching by the definition: every candidate in double, sorted by (distance, key).
 void check_block_match(int64_t H, int64_t W, int64_t patch, int64_t search, int64_t k, int64_t stride,
@@ -114,6 +106,5 @@ int main() {
   check_nlm_box(11, 14, 1, 5);
   check_nlm_box(6, 3, 2, 7);  // windows wider than the image: repeated reflection
   check_nlm_identity();
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail == 0 ? 0 : 1;
+  return fastdenoise_test::report();
 }

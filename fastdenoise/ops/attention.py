@@ -128,7 +128,11 @@ def _linear(m: torch.Tensor, w, b) -> torch.Tensor:
 
 def channel_attention_reference(x, w1, b1, w2, b2, residual=None, act=None) -> torch.Tensor:
     """Plain PyTorch channel attention (float32 / float64 arithmetic, one rounding at the end)."""
-    m1, v1, m2, v2 = _check_ca(x, w1, b1, w2, b2, residual, act)
+    return _ca_reference(x, *_check_ca(x, w1, b1, w2, b2, residual, act), residual, act)
+
+
+def _ca_reference(x, m1, v1, m2, v2, residual, act) -> torch.Tensor:
+    """channel_attention_reference on checked parameters (weights as matrices)."""
     u = _pre(x, act)
     a = _excite(u.mean(dim=(2, 3)), m1, v1, m2, v2)
     out = u * a[:, :, None, None]
@@ -147,7 +151,11 @@ def _check_sca(x, w, b, gate):
 
 def simplified_channel_attention_reference(x, w, b, gate: bool = False) -> torch.Tensor:
     """Plain PyTorch SCA (optionally after SimpleGate), float32 / float64 arithmetic."""
-    m, v = _check_sca(x, w, b, gate)
+    return _sca_reference(x, *_check_sca(x, w, b, gate), gate)
+
+
+def _sca_reference(x, m, v, gate: bool) -> torch.Tensor:
+    """simplified_channel_attention_reference on checked parameters."""
     u = _pre(x, "gate" if gate else None)
     a = _linear(u.mean(dim=(2, 3)), m, v)
     return (u * a[:, :, None, None]).to(x.dtype).contiguous(memory_format=memory_format_of(x))
@@ -164,7 +172,7 @@ def channel_attention(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tens
     m1, v1, m2, v2 = _check_ca(x, w1, b1, w2, b2, residual, act)
     be = _dispatch.resolve("channel_attention", x, backend)
     if be != "triton":
-        return channel_attention_reference(x, w1, b1, w2, b2, residual, act)
+        return _ca_reference(x, m1, v1, m2, v2, residual, act)
     t = _triton()
     u_mean = t.pooled_mean(x, PRE_IDS[act])
     a = _excite(u_mean, m1, v1, m2, v2)
@@ -179,7 +187,7 @@ def simplified_channel_attention(x: torch.Tensor, w: torch.Tensor, b: Optional[t
     m, v = _check_sca(x, w, b, gate)
     be = _dispatch.resolve("channel_attention", x, backend)
     if be != "triton":
-        return simplified_channel_attention_reference(x, w, b, gate)
+        return _sca_reference(x, m, v, gate)
     t = _triton()
     pre = PRE_IDS["gate" if gate else None]
     a = _linear(t.pooled_mean(x, pre), m, v)

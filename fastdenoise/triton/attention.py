@@ -3,7 +3,8 @@
 Two passes over x, the minimum for an op whose output depends on a global mean:
 
 * ``fastdenoise::ca_pool_triton(x, pre) -> (B, Cu)``: the mean over H, W of ``u = pre(x)``
-  (``pre``: 0 none, 1 relu, 2 exact gelu, 3 SimpleGate -- then ``Cu = C / 2``). Programs take a
+  (``pre``: 0 none, 1 relu, 2 exact gelu, 3 SimpleGate -- then ``Cu = C / 2``; 4, the GELU
+  gate ``gelu(x1) * x2``, serves :mod:`fastdenoise.triton.gate`). Programs take a
   ``[BLOCK_P, BLOCK_C]`` tile of pixels x channels of one image (offsets ``b s_b + p s_p +
   c s_c``, so NCHW and channels_last are read in place, coalesced along whichever axis is
   contiguous), loop over ``PIX`` pixels accumulating in float32 (float64 for float64 input),
@@ -46,6 +47,8 @@ def _apply_pre(x, x2, PRE: tl.constexpr):
         x = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
     elif PRE == 3:
         x = x * x2
+    elif PRE == 4:
+        x = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476)) * x2
     return x
 
 
@@ -80,7 +83,7 @@ def _pool_kernel(x_ptr, part_ptr, HW, CU, n_split,
 @triton.jit
 def _scale_kernel(x_ptr, a_ptr, r_ptr, y_ptr, n, CU, HW,
                   sxb, sxc, sxp, srb, src, srp, syb, syc, syp,
-                  PRE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                  PRE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                   BLOCK: tl.constexpr, INDEX64: tl.constexpr, ACC_FP64: tl.constexpr):
     pid = tl.program_id(0)
     if INDEX64:
@@ -98,10 +101,11 @@ def _scale_kernel(x_ptr, a_ptr, r_ptr, y_ptr, n, CU, HW,
     xa = b * sxb + c * sxc + p * sxp
     x = tl.load(x_ptr + xa, mask=mask, other=0.0).to(acc_ty)
     x2 = x
-    if PRE == 3:
+    if PRE >= 3:
         x2 = tl.load(x_ptr + xa + CU * sxc, mask=mask, other=0.0).to(acc_ty)
-    a = tl.load(a_ptr + b * CU + c, mask=mask, other=0.0).to(acc_ty)
-    y = _apply_pre(x, x2, PRE) * a
+    y = _apply_pre(x, x2, PRE)
+    if HAS_SCALE:
+        y = y * tl.load(a_ptr + b * CU + c, mask=mask, other=0.0).to(acc_ty)
     if HAS_RES:
         y += tl.load(r_ptr + (b * srb + c * src + p * srp), mask=mask, other=0.0).to(acc_ty)
     tl.store(y_ptr + (b * syb + c * syc + p * syp), y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -138,24 +142,26 @@ def _pool(x: torch.Tensor, pre: int, force_int64: bool = False) -> torch.Tensor:
     return part.sum(dim=1) / hw
 
 
-def _scale(x: torch.Tensor, a: torch.Tensor, residual: Optional[torch.Tensor], pre: int,
+def _scale(x: torch.Tensor, a: Optional[torch.Tensor], residual: Optional[torch.Tensor], pre: int,
            force_int64: bool = False) -> torch.Tensor:
+    """pre(x) (times a[b, c] unless a is None) (+ residual). Also the kernel of the gate ops
+    (:mod:`fastdenoise.triton.gate`: pre 3 / 4, no scale)."""
     torch._check(x.dim() == 4, lambda: f"x: expected 4 dims (B, C, H, W), got {x.dim()}")
     x, fmt = _dense(x)
     n, c, h, w = x.shape
-    cu = c // 2 if pre == GATE else c
+    cu = c // 2 if pre >= GATE else c
     y = torch.empty((n, cu, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
     total = y.numel()
     if total == 0:
         return y
-    a = a.contiguous()
+    a = a.contiguous() if a is not None else y
     res = _dense(residual)[0] if residual is not None else y
     index64 = bool(force_int64) or max(x.numel(), res.numel()) + 8 * _BLOCK > _INT32_MAX
     wrap_triton(_scale_kernel)[(triton.cdiv(total, _BLOCK),)](
         x, a, res, y, total, cu, h * w,
         x.stride(0), x.stride(1), x.stride(3), res.stride(0), res.stride(1), res.stride(3),
         y.stride(0), y.stride(1), y.stride(3),
-        PRE=pre, HAS_RES=residual is not None, CHANNELS_LAST=fmt == torch.channels_last, BLOCK=_BLOCK,
+        PRE=pre, HAS_SCALE=a is not y, HAS_RES=residual is not None, CHANNELS_LAST=fmt == torch.channels_last, BLOCK=_BLOCK,
         INDEX64=index64, ACC_FP64=x.dtype == torch.float64, num_warps=_NUM_WARPS,
     )
     return y
