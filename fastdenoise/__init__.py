@@ -1,7 +1,8 @@
 """fastdenoise: fast image-denoising inference for PyTorch.
 
 Fused CUDA / Triton / C++ kernels for the operations that dominate the reference denoisers,
-drop-in fused modules (:mod:`fastdenoise.nn`), faithful reference architectures that load the
+drop-in fused modules (:mod:`fastdenoise.nn`) and :func:`patch` to swap them into an existing
+model, faithful reference architectures that load the
 official checkpoints (:mod:`fastdenoise.models`), and benchmarks against eager PyTorch and
 ``torch.compile``.
 """
@@ -9,7 +10,8 @@ official checkpoints (:mod:`fastdenoise.models`), and benchmarks against eager P
 from . import _ext
 from ._ext import build_info
 from . import errors, ops, nn, models
+from .patch import PatchReport, patch, unpatch
 
 __version__ = "0.1.0"
 
-__all__ = ["build_info", "errors", "ops", "nn", "models", "__version__"]
+__all__ = ["build_info", "errors", "ops", "nn", "models", "patch", "unpatch", "PatchReport", "__version__"]

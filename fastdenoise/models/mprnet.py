@@ -38,6 +38,8 @@ from torch import nn
 
 from .._checks import check_model_input, memory_format_of
 from ..errors import CheckpointError
+from ..nn import attention as fused_blocks
+from ._fuse import swap_children
 from .ridnet import infer_reduction
 
 __all__ = ["MPRNet", "CALayer", "CAB", "SAM", "Encoder", "Decoder", "DownSample", "UpSample",
@@ -265,12 +267,17 @@ class MPRNet(nn.Module):
     the demo fails), and every output is cropped back. Multiples of 8 are not padded, so the
     result is the official one exactly. Outputs are not clamped. :meth:`denoise` is the
     official test's use of it.
+
+    ``fused`` (keyword-only, default True): every CAB is :class:`fastdenoise.nn.CAB` (channel
+    attention and residual add in one op, the shared PReLU kept); False builds the plain
+    blocks. Both have the same parameters and state-dict keys.
     """
 
     def __init__(self, in_c: int = 3, out_c: int = 3, n_feat: int = 80, scale_unetfeats: int = 48,
                  scale_orsnetfeats: int = 32, num_cab: int = 8, kernel_size: int = 3, reduction: int = 4,
-                 bias: bool = False):
+                 bias: bool = False, *, fused: bool = True):
         super().__init__()
+        self.fused = bool(fused)
         self.in_c, self.out_c, self.n_feat = in_c, out_c, n_feat
         self.scale_unetfeats, self.scale_orsnetfeats, self.num_cab = scale_unetfeats, scale_orsnetfeats, num_cab
         self.kernel_size, self.reduction, self.bias = kernel_size, reduction, bias
@@ -297,6 +304,8 @@ class MPRNet(nn.Module):
         self.concat12 = conv(n_feat * 2, n_feat, k, bias=bias)
         self.concat23 = conv(n_feat * 2, n_feat + so, k, bias=bias)
         self.tail = conv(n_feat + so, out_c, k, bias=bias)
+        if self.fused:      # after building: the same initialisation as the plain model
+            swap_children(self, CAB, fused_blocks.CAB.from_module)
 
     # ----------------------------------------------------------------------------------------
 

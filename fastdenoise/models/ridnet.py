@@ -36,6 +36,8 @@ from torch import nn
 
 from .._checks import check_model_input, memory_format_of
 from ..errors import CheckpointError
+from ..nn import attention as fused_blocks
+from ._fuse import swap_children
 
 __all__ = ["RIDNet", "Block", "CALayer", "MeanShift", "Merge_Run_dual", "ResidualBlock",
            "EResidualBlock", "BasicBlock", "BasicBlockSig", "RGB_MEAN", "RGB_STD", "infer_ridnet"]
@@ -182,10 +184,15 @@ class RIDNet(nn.Module):
     same range, unclamped. The estimate is ``x + add_mean(tail(...))``: the network predicts
     the clean image minus the noisy one, offset by the mean. :meth:`denoise` is the ``[0, 1]``
     wrapper.
+
+    ``fused`` (keyword-only, default True): the attention layers are
+    :class:`fastdenoise.nn.RIDNetCALayer` (pool, excitation and scaling in one op); False builds
+    the plain ones. Both have the same parameters and state-dict keys.
     """
 
-    def __init__(self, n_feats: int = 64, reduction: int = 16, rgb_range: float = 255):
+    def __init__(self, n_feats: int = 64, reduction: int = 16, rgb_range: float = 255, *, fused: bool = True):
         super().__init__()
+        self.fused = bool(fused)
         if n_feats < reduction:
             raise ValueError(f"n_feats: expected at least reduction={reduction} features (the attention "
                              f"keeps n_feats // reduction channels), got {n_feats}")
@@ -201,6 +208,8 @@ class RIDNet(nn.Module):
         self.b3 = Block(n_feats, n_feats, reduction=reduction)
         self.b4 = Block(n_feats, n_feats, reduction=reduction)
         self.tail = nn.Conv2d(n_feats, 3, kernel_size, 1, 1, 1)
+        if self.fused:      # after building: the same initialisation as the plain model
+            swap_children(self, CALayer, fused_blocks.RIDNetCALayer.from_module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_model_input(self, x, 3, "RIDNet takes RGB")

@@ -140,13 +140,13 @@ _BLOCK_PARTS = ("conv1", "conv2", "conv3", "conv4", "conv5", "norm1", "norm2", "
                 "beta", "gamma")
 
 
-def _share(new: nn.Module, m: nn.Module, attention: str) -> None:
-    """Give ``new`` the submodules and parameters of ``m`` (norms as fused twins)."""
-    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "dropout1", "dropout2", attention):
-        setattr(new, name, getattr(m, name))
-    new.norm1 = LayerNorm2d.from_module(m.norm1)
-    new.norm2 = LayerNorm2d.from_module(m.norm2)
-    new.beta, new.gamma = m.beta, m.gamma
+def _share(new: nn.Module, m: nn.Module) -> None:
+    """Give ``new`` the parameters and submodules of ``m``, registered in ``m``'s order (the same
+    ``state_dict()`` and ``parameters()`` order), the norms as fused twins."""
+    for name, p in m._parameters.items():
+        new.register_parameter(name, p)
+    for name, child in m._modules.items():
+        setattr(new, name, LayerNorm2d.from_module(child) if name in ("norm1", "norm2") else child)
     new.train(m.training)
 
 
@@ -182,8 +182,8 @@ class NAFBlock(nn.Module):
             raise ValueError(f"m.sca: expected Sequential(pool, 1x1 Conv2d), got {m.sca}")
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        _share(new, m, "sca")
-        new.sg = SimpleGate()
+        _share(new, m)
+        new.sg = SimpleGate()        # in m's place: the gate has no state
         return new
 
 
@@ -222,6 +222,5 @@ class BaselineBlock(nn.Module):
             raise ValueError(f"m.gelu: expected nn.GELU() (exact), got {m.gelu}")
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        _share(new, m, "se")
-        new.gelu = m.gelu
+        _share(new, m)
         return new

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from fastdenoise.errors import DTypeError, ShapeError
 from fastdenoise.models import MPRNet, build, infer_arch, load_official
 from fastdenoise.models.mprnet import CAB
+from fastdenoise.nn import CAB as FusedCAB
+from fastdenoise.nn import MPRNetCALayer
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "mprnet_golden.pt")
 SMALL = dict(n_feat=16, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=2)
@@ -32,7 +34,7 @@ def random_state(model, seed=0):
 
 
 def cab_prefixes(model):
-    return [name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, CAB)]
+    return [name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, (CAB, FusedCAB))]
 
 
 def expected_cab_count(num_cab):
@@ -65,9 +67,10 @@ def test_golden_file_has_our_layout():
     assert [(k, v.shape) for k, v in official.items()] == [(k, v.shape) for k, v in ours.items()]
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("bias", [False, True])
-def test_cab_keys_and_biases(bias):
-    m = MPRNet(**SMALL, bias=bias)
+def test_cab_keys_and_biases(bias, fused):
+    m = MPRNet(**SMALL, bias=bias, fused=fused)
     sd = m.state_dict()
     prefixes = cab_prefixes(m)
     assert len(prefixes) == expected_cab_count(SMALL["num_cab"])
@@ -88,9 +91,11 @@ def test_cab_keys_and_biases(bias):
     assert "stage1_encoder.csff_enc1.weight" not in sd and "stage2_encoder.csff_enc1.weight" in sd
 
 
-def test_prelu_is_one_parameter_shared_by_every_cab():
-    m = MPRNet(**SMALL)
+@pytest.mark.parametrize("fused", [True, False])
+def test_prelu_is_one_parameter_shared_by_every_cab(fused):
+    m = MPRNet(**SMALL, fused=fused)
     cabs = [m.get_submodule(p) for p in cab_prefixes(m)]
+    assert all(type(c) is (FusedCAB if fused else CAB) for c in cabs)
     act = cabs[0].body[1]
     assert isinstance(act, torch.nn.PReLU) and act.weight.shape == (1,)
     assert all(c.body[1] is act for c in cabs)
@@ -109,12 +114,13 @@ def test_prelu_is_one_parameter_shared_by_every_cab():
     assert all(torch.equal(c.body[1].weight, sd[act_keys[0]]) for c in cabs)
 
 
-def test_same_seed_same_initialisation_as_official():
+@pytest.mark.parametrize("fused", [True, False])
+def test_same_seed_same_initialisation_as_official(fused):
     """The golden state dict is the official model built after ``torch.manual_seed(0)``; the
     generator then changed only the shared PReLU."""
     data = torch.load(GOLDEN, weights_only=True)
     torch.manual_seed(0)
-    ours = MPRNet(**data["config"]).state_dict()
+    ours = MPRNet(**data["config"], fused=fused).state_dict()
     for k, v in ours.items():
         if not k.endswith(".body.1.weight"):
             assert torch.equal(v, data["state_dict"][k]), k
@@ -124,7 +130,8 @@ def test_same_seed_same_initialisation_as_official():
 # The official model's outputs
 # --------------------------------------------------------------------------------------------
 
-def test_matches_official_golden():
+@pytest.mark.parametrize("fused", [True, False])
+def test_matches_official_golden(fused):
     """tests/models/data/mprnet_golden.pt was written by make_ridnet_mprnet_golden.py (next to
     it), which loads the official ``Denoising/MPRNet.py`` of swz30/MPRNet, builds
     ``MPRNet(in_c=3, out_c=3, n_feat=6, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=2,
@@ -134,8 +141,9 @@ def test_matches_official_golden():
     official ``demo.py`` pads, cropping the outputs back; the file holds the official state
     dict, the config, the inputs and the three official outputs of each."""
     data = torch.load(GOLDEN, weights_only=True)
-    model = load_official(data["state_dict"])
-    assert isinstance(model, MPRNet) and not model.training
+    model = load_official(data["state_dict"], fused=fused)
+    assert isinstance(model, MPRNet) and not model.training and model.fused == fused
+    assert type(model.stage3_orsnet.orb1.body[0]) is (FusedCAB if fused else CAB)
     assert {k: getattr(model, k) for k in data["config"]} == data["config"]
     assert model.stage1_encoder.encoder_level1[0].body[1].weight.item() == pytest.approx(0.13)
     for x, expected in ((data["input"], data["outputs"]), (data["input_odd"], data["outputs_odd"])):
@@ -178,7 +186,29 @@ def test_load_official_round_trip(tmp_path, cfg, data_parallel):
 
 def test_build_by_name():
     m = build("mprnet", **SMALL)
-    assert isinstance(m, MPRNet) and m.num_cab == 2
+    assert isinstance(m, MPRNet) and m.num_cab == 2 and m.fused
+
+
+def test_fused_and_plain_agree():
+    """Same seed, same weights and keys; outputs within float32 rounding (the fused CAB sums
+    its attention in another order), on an odd size, batch 2, both memory formats."""
+    torch.manual_seed(5)
+    fused = MPRNet(**SMALL).eval()
+    torch.manual_seed(5)
+    plain = MPRNet(**SMALL, fused=False).eval()
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, fused.state_dict()[k]), k
+    sd = random_state(plain, seed=7)
+    plain.load_state_dict(sd)
+    fused.load_state_dict(sd)
+    assert all(isinstance(m.CA, MPRNetCALayer) for m in fused.modules() if isinstance(m, FusedCAB))
+    x = torch.rand(2, 3, 13, 19)
+    with torch.no_grad():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xf = x.contiguous(memory_format=fmt)
+            for a, b in zip(fused(xf), plain(xf)):
+                assert rel_err(a, b) <= 1e-5
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import torch
 
 from fastdenoise.errors import DTypeError, ShapeError
 from fastdenoise.models import RIDNet, build, infer_arch, load_official
-from fastdenoise.models.ridnet import RGB_MEAN
+from fastdenoise.models.ridnet import RGB_MEAN, CALayer
+from fastdenoise.nn import RIDNetCALayer
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "ridnet_golden.pt")
 
@@ -85,12 +86,14 @@ def test_reduction_sets_the_attention_width():
         RIDNet(n_feats=8)
 
 
-def test_same_seed_same_initialisation_as_official():
+@pytest.mark.parametrize("fused", [True, False])
+def test_same_seed_same_initialisation_as_official(fused):
     """The golden state dict is the official model built after ``torch.manual_seed(0)``; the
     generator then changed only the mean shifts and the tail weight."""
     official = torch.load(GOLDEN, weights_only=True)["state_dict"]
     torch.manual_seed(0)
-    ours = RIDNet(n_feats=16).state_dict()
+    ours = RIDNet(n_feats=16, fused=fused).state_dict()
+    assert list(ours) == list(official)
     changed = {"sub_mean.weight", "sub_mean.bias", "add_mean.weight", "add_mean.bias", "tail.weight"}
     for k, v in ours.items():
         if k not in changed:
@@ -101,7 +104,8 @@ def test_same_seed_same_initialisation_as_official():
 # The official model's outputs
 # --------------------------------------------------------------------------------------------
 
-def test_matches_official_golden():
+@pytest.mark.parametrize("fused", [True, False])
+def test_matches_official_golden(fused):
     """tests/models/data/ridnet_golden.pt was written by make_ridnet_mprnet_golden.py (next to
     it), which imports the official ``model.ridnet`` from saeed-anwar/RIDNet
     (``TestCode/code``), builds ``RIDNET(args)`` with n_feats=16, reduction=16, rgb_range=255
@@ -109,8 +113,9 @@ def test_matches_official_golden():
     tail weight by 20, and runs it in eval mode on a seeded (2, 3, 13, 17) input in [0, 255];
     the file holds the official state dict, the input and the official output."""
     data = torch.load(GOLDEN, weights_only=True)
-    model = load_official(data["state_dict"])
-    assert isinstance(model, RIDNet) and not model.training
+    model = load_official(data["state_dict"], fused=fused)
+    assert isinstance(model, RIDNet) and not model.training and model.fused == fused
+    assert type(model.b3.ca) is (RIDNetCALayer if fused else CALayer)
     assert (model.n_feats, model.reduction, model.rgb_range) == (16, 16, 255)
     x, expected = data["input"], data["output"]
     with torch.no_grad():
@@ -197,6 +202,21 @@ def test_backward():
     x = torch.rand(1, 3, 8, 8, requires_grad=True)
     m(x).square().mean().backward()
     assert x.grad is not None and m.b2.ca.c1.body[0].weight.grad is not None
+
+
+def test_fused_and_plain_agree():
+    """Same weights (random, with non-trivial attention), odd size, batch 2, both memory formats:
+    fused and plain agree to float32 rounding."""
+    plain = RIDNet(n_feats=32, fused=False).eval()
+    plain.load_state_dict(random_state(plain, seed=4))
+    fused = RIDNet(n_feats=32).eval()
+    fused.load_state_dict(plain.state_dict())
+    assert all(type(getattr(fused, f"b{i}").ca) is RIDNetCALayer for i in range(1, 5))
+    x = torch.rand(2, 3, 15, 11) * 255
+    with torch.no_grad():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xf = x.contiguous(memory_format=fmt)
+            assert rel_err(fused(xf), plain(xf)) <= 1e-5
 
 
 def test_bad_input(small):
