@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output file or directory (see above)")
     d.add_argument("--method", default="bm3d", metavar="bm3d|nlm|CHECKPOINT",
                    help="bm3d (default), nlm (non-local means), or the path of an official DnCNN, FFDNet, "
-                        "InvDN or MWCNN checkpoint (FFDNet gets the noise level)")
+                        "InvDN, MWCNN, RIDNet, MPRNet, NAFNet / Baseline or Restormer checkpoint (FFDNet "
+                        "gets the noise level)")
     d.add_argument("--sigma", type=_sigma_arg, metavar="S",
                    help="noise standard deviation on the 0-255 scale whatever the bit depth: 25 means 25/255 "
                         "of the full range, for 16-bit images too (25 * 257 in 16-bit units). Default: "
@@ -191,7 +192,7 @@ def _load_failure(exc: BaseException) -> str:
 
 
 def _checkpoint(path: str, device: torch.device) -> Method:
-    from .models import MPRNet, MWCNN, Baseline, DnCNN, FFDNet, InvNet, NAFNet, RIDNet, load_official
+    from .models import MPRNet, MWCNN, Baseline, DnCNN, FFDNet, InvNet, NAFNet, Restormer, RIDNet, load_official
 
     if not os.path.exists(path):
         raise UsageError(f"--method: expected bm3d, nlm or the path of a checkpoint, got {path!r} (no such file)")
@@ -227,6 +228,8 @@ def _checkpoint(path: str, device: torch.device) -> Method:
         return Method(label, False, model.img_channel, lambda x, sigma: model(x))
     if isinstance(model, (RIDNet, MPRNet)):          # their denoise(): [0, 1] in and out
         return Method(label, False, getattr(model, "in_c", 3), lambda x, sigma: model.denoise(x))
+    if isinstance(model, Restormer):                 # its denoise(): [0, 1] in and out; pads and crops itself
+        return Method(label, False, model.inp_channels, lambda x, sigma: model.denoise(x))
     raise UsageError(f"{path}: loaded as {type(model).__name__}, which the command line does not run")
 
 

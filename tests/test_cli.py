@@ -385,9 +385,10 @@ def test_checkpoint_models(tmp_path, rng, capsys):
     ("baseline", dict(img_channel=3, width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1]), "params"),
     ("ridnet", dict(n_feats=16), None),
     ("mprnet", dict(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1), "state_dict"),
+    ("restormer", dict(dim=4, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, LayerNorm_type="BiasFree"), "params"),
 ])
 def test_checkpoints_of_the_attention_models(tmp_path, rng, capsys, arch, kwargs, container):
-    """NAFNet / Baseline run on [0, 1] images, RIDNet and MPRNet through their denoise(); odd
+    """NAFNet / Baseline run on [0, 1] images, RIDNet, MPRNet and Restormer through their denoise(); odd
     sizes are padded and cropped back by the models."""
     model = build(arch, **kwargs).eval()
     sd = model.state_dict()

@@ -10,8 +10,10 @@ from .mwcnn import MWCNN
 from .mprnet import MPRNet
 from .ridnet import RIDNet
 from .nafnet import Baseline, BaselineLocal, NAFNet, NAFNetLocal
+from .restormer import Restormer
 
 __all__ = ["DnCNN", "FFDNet", "InvNet", "InvBlockExp", "MWCNN", "ARCHS", "build", "infer_arch",
            "load_official"]
 __all__ += ["NAFNet", "NAFNetLocal", "Baseline", "BaselineLocal"]
 __all__ += ["RIDNet", "MPRNet"]
+__all__ += ["Restormer"]

@@ -24,6 +24,7 @@ from .mwcnn import MWCNN
 from .mprnet import MPRNet, infer_mprnet
 from .ridnet import RIDNet, infer_ridnet
 from .nafnet import Baseline, BaselineLocal, NAFNet, NAFNetLocal
+from .restormer import Restormer, infer_restormer
 
 __all__ = ["ARCHS", "build", "load_official", "infer_arch", "unwrap_state_dict", "CONTAINER_KEYS"]
 
@@ -31,6 +32,7 @@ __all__ = ["ARCHS", "build", "load_official", "infer_arch", "unwrap_state_dict",
 ARCHS: Dict[str, type] = {"dncnn": DnCNN, "ffdnet": FFDNet, "invdn": InvNet, "mwcnn": MWCNN}
 ARCHS.update(ridnet=RIDNet, mprnet=MPRNet)
 ARCHS.update({"nafnet": NAFNet, "nafnet_local": NAFNetLocal, "baseline": Baseline, "baseline_local": BaselineLocal})
+ARCHS.update(restormer=Restormer)
 
 #: keys under which training scripts store the weights, tried in this order (BasicSR writes
 #: "params" / "params_ema", Lightning "state_dict", others "model", "net", "network").
@@ -219,7 +221,9 @@ def infer_arch(state_dict: Mapping) -> Tuple[str, Dict[str, Any]]:
     ``ending.weight`` (Baseline when its blocks have ``se.*``; the TLC variants ``nafnet_local``
     / ``baseline_local`` have the same keys: name them with ``arch=``). RIDNet:
     ``head.body.0.weight`` with ``b1.r1.body1.0.weight``; MPRNet: ``shallow_feat1.0.weight``
-    with ``stage3_orsnet.*``. Raises CheckpointError when none fits.
+    with ``stage3_orsnet.*``. Restormer: ``patch_embed.proj.weight`` with ``output.weight``
+    (see :func:`fastdenoise.models.restormer.infer_restormer`). Raises CheckpointError when
+    none fits.
     """
     keys = list(state_dict)
     if any(_OP_KEY.match(k) and k.endswith(".haar_weights") for k in keys):
@@ -230,6 +234,8 @@ def infer_arch(state_dict: Mapping) -> Tuple[str, Dict[str, Any]]:
         return "ridnet", infer_ridnet(state_dict)
     if "shallow_feat1.0.weight" in state_dict and any(k.startswith("stage3_orsnet.") for k in keys):
         return "mprnet", infer_mprnet(state_dict)
+    if "patch_embed.proj.weight" in state_dict and "output.weight" in state_dict:
+        return "restormer", infer_restormer(state_dict)
     if any(_MODEL_KEY.match(k) for k in keys):
         return _infer_plain(state_dict)
     if _is_nafnet_family(state_dict):
@@ -242,6 +248,7 @@ def infer_arch(state_dict: Mapping) -> Tuple[str, Dict[str, Any]]:
 
 _INFER = {"invdn": _infer_invdn, "mwcnn": _infer_mwcnn}
 _INFER.update(ridnet=infer_ridnet, mprnet=infer_mprnet)
+_INFER.update(restormer=infer_restormer)
 _INFER.update({a: _infer_nafnet_as(a) for a in ("nafnet", "nafnet_local", "baseline", "baseline_local")})
 
 
@@ -293,8 +300,8 @@ def load_official(path_or_state_dict, arch: Optional[str] = None, *, param_key: 
     weights_only=True)``) or a dict: a bare state dict, or a container holding one under
     ``params``, ``params_ema``, ``state_dict``, ``model``, ``net`` or ``network`` (in that order;
     ``param_key`` is tried first), with or without a ``module.`` prefix.
-    ``arch``: ``"dncnn" | "ffdnet" | "invdn" | "mwcnn" | "ridnet" | "mprnet"`` (any name in
-    :data:`ARCHS`), or None to infer it from the keys and
+    ``arch``: ``"dncnn" | "ffdnet" | "invdn" | "mwcnn" | "ridnet" | "mprnet" | "restormer"``
+    (any name in :data:`ARCHS`), or None to infer it from the keys and
     shapes (see :func:`infer_arch`). The hyper-parameters are inferred too; ``kwargs`` override
     them (e.g. ``act_mode='BL'``, which the weights cannot tell from ``'BR'``).
 
