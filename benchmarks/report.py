@@ -31,7 +31,7 @@ import pathlib
 import sys
 from typing import Iterable, Optional
 
-CONTENDER_ORDER = ("eager", "compiled", "fused", "fused_triton")
+CONTENDER_ORDER = ("eager", "compiled", "fused", "fused_compiled", "fused_triton")
 MIB = 2 ** 20
 
 
