@@ -14,6 +14,10 @@ class name             official block                      fused twin (``fastden
 ``CAB``                MPRNet's channel attention block    :class:`~fastdenoise.nn.CAB`
 ``CALayer``            MPRNet's (``conv_du``) or RIDNet's  :class:`~fastdenoise.nn.MPRNetCALayer`,
                        (``c1`` / ``c2``) channel attention :class:`~fastdenoise.nn.RIDNetCALayer`
+``TransformerBlock``   Restormer's block                   :class:`~fastdenoise.nn.TransformerBlock`
+``Attention``          Restormer's MDTA                    :class:`~fastdenoise.nn.MDTA`
+``FeedForward``        Restormer's GDFN                    :class:`~fastdenoise.nn.GDFN`
+``LayerNorm``          Restormer's LayerNorm (``body``)    :class:`~fastdenoise.nn.RestormerLayerNorm`
 =====================  ==================================  ==================================
 
 A block is replaced as a whole when it can be (a NAFBlock takes its LayerNorm2d and SimpleGate
@@ -45,7 +49,8 @@ __all__ = ["patch", "unpatch", "PatchReport", "Replacement", "LeftAlone", "FUSED
 
 #: the fused twins (a module of one of these types is never patched again)
 FUSED_TYPES: Tuple[type, ...] = (fnn.NAFBlock, fnn.BaselineBlock, fnn.LayerNorm2d, fnn.SimpleGate,
-                                 fnn.CAB, fnn.MPRNetCALayer, fnn.RIDNetCALayer)
+                                 fnn.CAB, fnn.MPRNetCALayer, fnn.RIDNetCALayer, fnn.TransformerBlock,
+                                 fnn.MDTA, fnn.GDFN, fnn.RestormerLayerNorm)
 
 _ORIGINAL = "_fastdenoise_original"   # a twin's plain attribute holding the module it replaced
 
@@ -125,6 +130,10 @@ _RULES: Dict[str, Callable[[nn.Module], nn.Module]] = {
     "SimpleGate": fnn.SimpleGate.from_module,
     "CAB": fnn.CAB.from_module,
     "CALayer": _calayer_twin,
+    "TransformerBlock": fnn.TransformerBlock.from_module,
+    "Attention": fnn.MDTA.from_module,
+    "FeedForward": fnn.GDFN.from_module,
+    "LayerNorm": fnn.RestormerLayerNorm.from_module,
 }
 
 
@@ -140,6 +149,14 @@ def _probe_channels(twin: nn.Module) -> int:
         return twin.conv_du[0].in_channels
     if isinstance(twin, fnn.RIDNetCALayer):
         return twin.c1.body[0].in_channels
+    if isinstance(twin, fnn.TransformerBlock):
+        return twin.attn.project_out.in_channels
+    if isinstance(twin, fnn.MDTA):
+        return twin.project_out.in_channels
+    if isinstance(twin, fnn.GDFN):
+        return twin.project_in.in_channels
+    if isinstance(twin, fnn.RestormerLayerNorm):
+        return twin.body.weight.numel()
     return 8                                         # SimpleGate: any even count
 
 

@@ -15,7 +15,8 @@
 #   sanitizer, bench-haar (bench_haar.json), bench-models (bench_models.json), bench-classic
 #   (bench_classic.json: NLM, block matching, BM3D), bench-norm-gate (bench_norm_gate.json:
 #   layer norm over channels and the gates), bench-patch (bench_patch.json: NAFNet, MPRNet and
-#   RIDNet before and after fastdenoise.patch), report (bench.md).
+#   RIDNet before and after fastdenoise.patch), bench-restormer-ops (bench_restormer_ops.json:
+#   MDTA core and block, dwconv_gate, GDFN block), report (bench.md).
 # A failed stage does not stop the run; the script exits non-zero if any stage failed.
 #
 # Time: the whole run is held to GPU_CHECK_BUDGET_S seconds (default 520, so it ends within
@@ -194,11 +195,13 @@ s_bench_models() { bench_suite models; }
 s_bench_classic() { bench_suite classic; }
 s_bench_norm_gate() { bench_suite norm_gate; }
 s_bench_patch() { bench_suite patch; }
+s_bench_restormer_ops() { bench_suite restormer_ops; }
 
 s_report() {
   local files=()
   for f in "$OUTDIR/bench_haar.json" "$OUTDIR/bench_models.json" "$OUTDIR/bench_classic.json" \
-           "$OUTDIR/bench_norm_gate.json" "$OUTDIR/bench_patch.json"; do
+           "$OUTDIR/bench_norm_gate.json" "$OUTDIR/bench_patch.json" \
+           "$OUTDIR/bench_restormer_ops.json"; do
     [ -s "$f" ] && files+=("$f")
   done
   if [ ${#files[@]} -eq 0 ]; then
@@ -221,6 +224,7 @@ stage bench-models 240 s_bench_models 45
 stage bench-classic 120 s_bench_classic 25
 stage bench-norm-gate 120 s_bench_norm_gate 20
 stage bench-patch  300 s_bench_patch  20
+stage bench-restormer-ops 180 s_bench_restormer_ops 20
 stage report        60 s_report always
 
 echo

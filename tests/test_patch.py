@@ -13,12 +13,13 @@ from torch import nn
 
 import fastdenoise
 from fastdenoise import nn as fnn
-from fastdenoise.models import MPRNet, NAFNet, NAFNetLocal, RIDNet
+from fastdenoise.models import MPRNet, NAFNet, NAFNetLocal, Restormer, RIDNet
 from fastdenoise.models.nafnet import Baseline
 from fastdenoise.patch import FUSED_TYPES, LeftAlone, PatchReport, Replacement
 
 SMALL_NAF = dict(width=8, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1], middle_blk_num=1)
 SMALL_MPR = dict(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1)
+SMALL_RESTORMER = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, LayerNorm_type="BiasFree")
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:
@@ -27,7 +28,9 @@ def _randomise(model: nn.Module, seed: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("beta", "gamma")):
+            if name.endswith("temperature"):
+                p.copy_(torch.rand(p.shape, generator=g) * 2 + 0.3)
+            elif name.endswith(("beta", "gamma")):
                 p.copy_(0.5 * torch.randn(p.shape, generator=g))
             elif "norm" in name and name.endswith("weight"):
                 p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
@@ -47,6 +50,7 @@ def _plain_models():
         "nafnet_local": lambda: (NAFNetLocal(**SMALL_NAF, train_size=(1, 3, 8, 8), fused=False), 1.0, 36),
         "mprnet": lambda: (MPRNet(**SMALL_MPR, fused=False), 1.0, 32),
         "ridnet": lambda: (RIDNet(n_feats=16, fused=False), 255.0, 21),
+        "restormer": lambda: (Restormer(**SMALL_RESTORMER, fused=False), 1.0, 19),
     }
 
 
@@ -72,7 +76,7 @@ def _fused_types(model):
 # --------------------------------------------------------------------------------------------
 
 EXPECTED = {"nafnet": {"NAFBlock": 5}, "baseline": {"BaselineBlock": 5}, "nafnet_local": {"NAFBlock": 5},
-            "mprnet": {"CAB": 34}, "ridnet": {"RIDNetCALayer": 4}}
+            "mprnet": {"CAB": 34}, "ridnet": {"RIDNetCALayer": 4}, "restormer": {"TransformerBlock": 8}}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -325,6 +329,128 @@ def test_patch_official_style_trees():
         _close(mpr(x), want)
 
 
+def _to_3d(x):
+    return x.flatten(2).transpose(1, 2)
+
+
+def _to_4d(x, h, w):
+    return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+
+class BiasFree_LayerNorm(nn.Module):  # noqa: N801 -- official class names
+    def __init__(self, normalized_shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+
+    def forward(self, x):
+        sigma = x.var(-1, keepdim=True, unbiased=False)
+        return x / torch.sqrt(sigma + 1e-5) * self.weight
+
+
+class WithBias_LayerNorm(nn.Module):  # noqa: N801
+    def __init__(self, normalized_shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+
+    def forward(self, x):
+        mu = x.mean(-1, keepdim=True)
+        sigma = x.var(-1, keepdim=True, unbiased=False)
+        return (x - mu) / torch.sqrt(sigma + 1e-5) * self.weight + self.bias
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim, LayerNorm_type):  # noqa: N803
+        super().__init__()
+        self.body = BiasFree_LayerNorm(dim) if LayerNorm_type == "BiasFree" else WithBias_LayerNorm(dim)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        return _to_4d(self.body(_to_3d(x)), h, w)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, ffn_expansion_factor, bias):
+        super().__init__()
+        hidden = int(dim * ffn_expansion_factor)
+        self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, stride=1, padding=1, groups=hidden * 2,
+                                bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
+
+    def forward(self, x):
+        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(x1) * x2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, num_heads, bias):
+        super().__init__()
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, stride=1, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+        q, k, v = (t.reshape(b, self.num_heads, c // self.num_heads, h * w) for t in (q, k, v))
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        attn = (q @ k.transpose(-2, -1)) * self.temperature
+        out = attn.softmax(dim=-1) @ v
+        return self.project_out(out.reshape(b, c, h, w))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type):  # noqa: N803
+        super().__init__()
+        self.norm1 = LayerNorm(dim, LayerNorm_type)
+        self.attn = Attention(dim, num_heads, bias)
+        self.norm2 = LayerNorm(dim, LayerNorm_type)
+        self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class _SpatialAttention(nn.Module):
+    """Another project's ``Attention`` (token attention with a Linear qkv): not Restormer's."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+
+    def forward(self, x):
+        return x
+
+
+def test_patch_official_style_restormer_tree():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1),
+                        TransformerBlock(8, 2, 2.66, False, "BiasFree"),
+                        TransformerBlock(8, 1, 2.66, True, "WithBias"),
+                        LayerNorm(8, "WithBias"), FeedForward(8, 2.66, False), Attention(8, 4, False),
+                        nn.Conv2d(8, 3, 3, padding=1))
+    _randomise(net, 21)
+    odd = type("Attention", (_SpatialAttention,), {})(8)
+    holder = nn.ModuleDict({"net": net, "other": odd})
+    x = torch.rand(2, 3, 11, 9)
+    with torch.no_grad():
+        want = net(x)
+    report = fastdenoise.patch(holder)
+    assert report.counts() == {"TransformerBlock": 2, "RestormerLayerNorm": 1, "GDFN": 1, "MDTA": 1}
+    assert [a.path for a in report.left_alone] == ["other"]
+    assert "structure differs" in report.left_alone[0].reason
+    assert isinstance(net[1].norm1, fnn.RestormerLayerNorm) and net[1].norm1.bias_free
+    assert not net[2].norm1.bias_free
+    with torch.no_grad():
+        _close(net(x), want)
+    fastdenoise.unpatch(holder)
+    assert type(net[1]) is TransformerBlock and type(net[4]) is FeedForward
+
+
 class _Imposter(nn.Module):
     """A LayerNorm2d of another project: same attributes and shapes, but it normalises over
     (C, H, W) (a GroupNorm with one group)."""
@@ -360,7 +486,7 @@ def test_look_alikes_are_left_alone_with_a_reason():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["nafnet", "mprnet", "ridnet"])
+@pytest.mark.parametrize("name", ["nafnet", "mprnet", "ridnet", "restormer"])
 def test_cpu_autocast_patched_matches_eager(name, dtype):
     """Under CPU autocast the patched model's error against the float32 model is at most twice
     the unpatched model's (DESIGN.md)."""
@@ -380,7 +506,7 @@ def test_cpu_autocast_patched_matches_eager(name, dtype):
     assert err_fused <= 2 * err_eager
 
 
-@pytest.mark.parametrize("name", ["nafnet", "mprnet", "ridnet"])
+@pytest.mark.parametrize("name", ["nafnet", "mprnet", "ridnet", "restormer"])
 def test_patched_model_traces_whole(name):
     """torch.compile(fullgraph=True) traces a patched model (CPU: aot_eager; Inductor on the GPU)."""
     model, scale, hw = _plain_models()[name]()
@@ -399,7 +525,7 @@ def test_patched_model_traces_whole(name):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["nafnet", "baseline", "mprnet", "ridnet"])
+@pytest.mark.parametrize("name", ["nafnet", "baseline", "mprnet", "ridnet", "restormer"])
 def test_gpu_patched_matches_eager(name, dtype):
     model, scale, _ = _plain_models()[name]()
     model = _randomise(model, seed=13).cuda()
@@ -424,7 +550,7 @@ def test_gpu_patched_matches_eager(name, dtype):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["nafnet", "mprnet", "ridnet"])
+@pytest.mark.parametrize("name", ["nafnet", "mprnet", "ridnet", "restormer"])
 def test_gpu_patched_model_compiles_fullgraph(name):
     model, scale, _ = _plain_models()[name]()
     model = _randomise(model, seed=14).cuda()

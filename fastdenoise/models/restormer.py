@@ -66,7 +66,9 @@ from torch import nn
 
 from .._checks import check_model_input, memory_format_of
 from ..errors import CheckpointError
+from ..nn import restormer as fused_blocks
 from ..ops.norm import RESTORMER_EPS, layer_norm2d
+from ._fuse import swap_children
 
 __all__ = ["Restormer", "LayerNorm", "BiasFree_LayerNorm", "WithBias_LayerNorm", "Attention", "FeedForward",
            "TransformerBlock", "OverlapPatchEmbed", "Downsample", "Upsample", "infer_restormer",
@@ -332,6 +334,8 @@ class Restormer(nn.Module):
         if self.dual_pixel_task:
             self.skip_conv = nn.Conv2d(d1, d2, kernel_size=1, bias=bias)
         self.output = nn.Conv2d(d2, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
+        if self.fused:      # after building: the same initialisation as the plain model
+            swap_children(self, TransformerBlock, fused_blocks.TransformerBlock.from_module)
 
     def _run(self, img: torch.Tensor) -> torch.Tensor:
         """The official forward, on H and W multiples of 8."""

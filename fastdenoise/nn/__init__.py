@@ -2,8 +2,11 @@
 (same state-dict keys and shapes), and can be built from it with ``from_module(m)``."""
 
 from .attention import CAB, MPRNetCALayer, RIDNetCALayer
+from .gdfn import GDFN
 from .haar import DWT, IWT, HaarDownsampling
 from .nafnet import BaselineBlock, LayerNorm2d, NAFBlock, SimpleGate
+from .restormer import MDTA, RestormerLayerNorm, TransformerBlock
 
 __all__ = ["HaarDownsampling", "DWT", "IWT", "LayerNorm2d", "SimpleGate", "NAFBlock", "BaselineBlock",
-           "MPRNetCALayer", "CAB", "RIDNetCALayer"]
+           "MPRNetCALayer", "CAB", "RIDNetCALayer", "GDFN",
+           "MDTA", "RestormerLayerNorm", "TransformerBlock"]

@@ -41,7 +41,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastdenoise import nn as fnn
 from fastdenoise.errors import CheckpointError, DTypeError, ShapeError
+from fastdenoise.nn import TransformerBlock as FusedBlock
 from fastdenoise.models import ARCHS, NAFNet, Restormer, build, infer_arch, load_official
 from fastdenoise.models.restormer import (Attention, BiasFree_LayerNorm, Downsample, FeedForward, LayerNorm,
                                           OverlapPatchEmbed, TransformerBlock, Upsample, WithBias_LayerNorm,
@@ -187,18 +189,24 @@ def test_defaults_are_the_official_ones():
     got = {k: getattr(m, k) for k in TINY}
     assert got == dict(FULL, inp_channels=3, out_channels=3, LayerNorm_type="WithBias", dual_pixel_task=False)
     assert _digest(m.state_dict()) == OFFICIAL_SHAPES["deraining-deblurring"]
-    assert m.fused and all(n.fused for n in m.modules() if isinstance(n, LayerNorm))
+    assert m.fused and all(isinstance(b, FusedBlock) for b in m.modules() if "TransformerBlock" in type(b).__name__)
+    assert not any(isinstance(b, (TransformerBlock, Attention, FeedForward)) for b in m.modules())
 
 
 # --------------------------------------------------------------------------------------------
 # Structure
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_modules_and_biases(bias):
-    m = Restormer(**dict(TINY_DUAL, bias=bias, LayerNorm_type="BiasFree"))
+def test_modules_and_biases(bias, fused):
+    m = Restormer(**dict(TINY_DUAL, bias=bias, LayerNorm_type="BiasFree"), fused=fused)
     blk = m.encoder_level2[0]
-    assert isinstance(blk, TransformerBlock) and isinstance(blk.attn, Attention) and isinstance(blk.ffn, FeedForward)
+    if fused:
+        assert isinstance(blk, FusedBlock) and isinstance(blk.attn, fnn.MDTA) and isinstance(blk.ffn, fnn.GDFN)
+    else:
+        assert isinstance(blk, TransformerBlock) and isinstance(blk.attn, Attention)
+        assert isinstance(blk.ffn, FeedForward)
     assert isinstance(blk.norm1.body, BiasFree_LayerNorm) and blk.norm1.body.eps == 1e-5
     assert blk.attn.temperature.shape == (2, 1, 1) and blk.attn.num_heads == 2
     assert blk.attn.qkv_dwconv.groups == 24 and blk.attn.qkv_dwconv.weight.shape == (24, 1, 3, 3)
