@@ -43,6 +43,12 @@ TORCH_LIBRARY(fastdenoise, m) {
   // its inverse and the aggregation window -> the aggregated estimate (B, C, H, W).
   m.def("bm3d_filter(Tensor noisy, Tensor? pilot, Tensor index, Tensor size, Tensor sigma, Tensor transform, "
         "Tensor inverse, Tensor window, float threshold) -> Tensor");
+  // Overlap-add of tiles, in place (fastdenoise/ops/overlap_add.py): tiles (N, C, th, tw) float16 /
+  // bfloat16 / float32 / float64, positions (N, 3) int64 on the CPU (image, row, column of each
+  // tile's top-left pixel), out (B, C, H, W) += tile * window and weight_out (B, 1, H, W) += window,
+  // both float32 or float64 and contiguous; window (th, tw) or (N, th, tw) of out's dtype. Tiles
+  // are applied in order, each product and sum rounded separately (bitwise the reference).
+  m.def("overlap_add(Tensor tiles, Tensor positions, Tensor(a!) out, Tensor(b!) weight_out, Tensor window) -> ()");
 }
 
 namespace {

@@ -11,7 +11,10 @@ from . import _ext
 from ._ext import build_info
 from . import errors, ops, nn, models
 from .patch import PatchReport, patch, unpatch
+from .stream import StreamDenoiser
+from .tiling import TiledModel, tiled
 
 __version__ = "0.1.0"
 
-__all__ = ["build_info", "errors", "ops", "nn", "models", "patch", "unpatch", "PatchReport", "__version__"]
+__all__ = ["build_info", "errors", "ops", "nn", "models", "patch", "unpatch", "PatchReport", "tiled",
+           "TiledModel", "StreamDenoiser", "__version__"]

@@ -62,6 +62,26 @@ def _sigma_arg(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 _DENOISE_HELP = """\
 Denoise PNG, TIFF and JPEG images (8 or 16 bits per sample, grey or colour). Each output keeps
 its input's bit depth and colour type; its format follows its extension (JPEG is always 8-bit).
@@ -85,6 +105,7 @@ examples:
   fastdenoise denoise photos/ -o out/ --sigma 15 --method nlm
   fastdenoise denoise noisy.tif -o out.tif --method ffdnet_color.pth --device cpu
   fastdenoise denoise noisy.png -o den.png --reference clean.png   # prints PSNR and SSIM
+  fastdenoise denoise scan.tif -o clean.tif --method restormer.pth --tile 512 --overlap 64
 """
 
 
@@ -111,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--reference", metavar="CLEAN",
                    help="the clean image (or a directory of clean images matched by file name): print "
                         "PSNR and SSIM of each output against it, on [0, 1] images")
+    d.add_argument("--tile", type=_positive_int, metavar="T",
+                   help="run a checkpoint in T x T tiles stitched seamlessly (fastdenoise.tiled); without it "
+                        "an image that does not fit in GPU memory is tiled automatically (tile 1024)")
+    d.add_argument("--overlap", type=_non_negative_int, metavar="P",
+                   help="overlap of the tiles in pixels (default: the model's, see fastdenoise.tiling)")
+    d.add_argument("--blend", choices=("hann", "crop", "average"), default="hann",
+                   help="how overlapping tiles are blended (default hann)")
     d.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     d.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     d.add_argument("--debug", action="store_true", help="print tracebacks of unexpected errors")
@@ -155,6 +183,7 @@ class Method:
     uses_sigma: bool                           # takes a noise level (given or estimated)
     channels: Optional[int]                    # the channels a model takes; None: 1 or 3
     run: Callable[[torch.Tensor, float], torch.Tensor]   # (x, sigma in the image's units) -> y
+    model: Optional[torch.nn.Module] = None    # a checkpoint's model (tiling needs its facts)
 
 
 def _classical(name: str) -> Method:
@@ -192,7 +221,7 @@ def _load_failure(exc: BaseException) -> str:
 
 
 def _checkpoint(path: str, device: torch.device) -> Method:
-    from .models import MPRNet, MWCNN, Baseline, DnCNN, FFDNet, InvNet, NAFNet, Restormer, RIDNet, load_official
+    from .models import load_official
 
     if not os.path.exists(path):
         raise UsageError(f"--method: expected bm3d, nlm or the path of a checkpoint, got {path!r} (no such file)")
@@ -206,6 +235,13 @@ def _checkpoint(path: str, device: torch.device) -> Method:
         raise UsageError(f"{path}: {_load_failure(exc)}") from None
     model = model.to(device).eval()
     label = f"{type(model).__name__} ({os.path.basename(path)})"
+    method = _checkpoint_method(model, label)
+    method.model = model
+    return method
+
+
+def _checkpoint_method(model, label: str) -> Method:
+    from .models import MPRNet, MWCNN, Baseline, DnCNN, FFDNet, InvNet, NAFNet, Restormer, RIDNet
 
     if isinstance(model, FFDNet):
         return Method(label, True, model.in_nc, lambda x, sigma: model(x, float(sigma)))
@@ -230,7 +266,7 @@ def _checkpoint(path: str, device: torch.device) -> Method:
         return Method(label, False, getattr(model, "in_c", 3), lambda x, sigma: model.denoise(x))
     if isinstance(model, Restormer):                 # its denoise(): [0, 1] in and out; pads and crops itself
         return Method(label, False, model.inp_channels, lambda x, sigma: model.denoise(x))
-    raise UsageError(f"{path}: loaded as {type(model).__name__}, which the command line does not run")
+    raise UsageError(f"{label}: loaded as {type(model).__name__}, which the command line does not run")
 
 
 # ============================================================================================
@@ -416,7 +452,7 @@ def _denoise_file(job: Job, method: Method, args, device: torch.device) -> Resul
                 sigma = args.sigma / 255.0
             else:
                 sigma = _estimate(x)
-        y = method.run(x, sigma)
+        y = _apply(method, x, sigma, args, result)
         y = y.float().clamp_(0, 1).cpu()
     result.seconds = time.perf_counter() - start
     result.sigma255 = None if sigma is None else sigma * 255.0
@@ -434,6 +470,34 @@ def _denoise_file(job: Job, method: Method, args, device: torch.device) -> Resul
         result.psnr, result.ssim = _metrics(written, reference)
     result.status = "denoised"
     return result
+
+
+#: tile size when an image does not fit in GPU memory untiled
+AUTO_TILE = 1024
+
+
+def _apply(method: Method, x: torch.Tensor, sigma, args, result) -> torch.Tensor:
+    """method.run(x, sigma), tiled with --tile, or tiled automatically after an out-of-memory error."""
+    if method.model is None:
+        return method.run(x, sigma)
+    from .tiling import default_overlap, model_multiple, tiled
+
+    def tiled_run(tile: int) -> torch.Tensor:
+        overlap = args.overlap if args.overlap is not None else default_overlap(method.model, tile)
+        fn = tiled(lambda t: method.run(t, sigma), tile=tile, overlap=min(overlap, tile - 1), blend=args.blend,
+                   multiple=model_multiple(method.model), progress=not args.no_progress)
+        return fn(x)
+
+    if getattr(args, "tile", None):
+        return tiled_run(args.tile)
+    try:
+        return method.run(x, sigma)
+    except torch.OutOfMemoryError:
+        if x.device.type != "cuda":
+            raise
+        torch.cuda.empty_cache()
+        result.notes.append(f"out of GPU memory untiled: tiled {AUTO_TILE}x{AUTO_TILE}")
+        return tiled_run(AUTO_TILE)
 
 
 def _estimate(x: torch.Tensor) -> float:
@@ -498,6 +562,11 @@ def _cmd_denoise(args) -> int:
         method = _checkpoint(args.method, device)
     if args.sigma is not None and not method.uses_sigma:
         print(f"note: --sigma is not used by {method.name} (a blind model)", file=err)
+    if method.model is None and (args.tile is not None or args.overlap is not None):
+        raise UsageError(f"--tile / --overlap: tiling runs a checkpoint's model; {method.name} works on the "
+                         "whole image")
+    if args.tile is not None and args.overlap is not None and args.overlap >= args.tile:
+        raise UsageError(f"--overlap: expected less than --tile={args.tile}, got {args.overlap}")
 
     progress = Progress(len(jobs), err, len(jobs) > 1 and not args.no_progress and err.isatty())
     results: List[Result] = []

@@ -16,7 +16,8 @@
 #   (bench_classic.json: NLM, block matching, BM3D), bench-norm-gate (bench_norm_gate.json:
 #   layer norm over channels and the gates), bench-patch (bench_patch.json: NAFNet, MPRNet and
 #   RIDNet before and after fastdenoise.patch), bench-restormer-ops (bench_restormer_ops.json:
-#   MDTA core and block, dwconv_gate, GDFN block), report (bench.md).
+#   MDTA core and block, dwconv_gate, GDFN block), bench-tiling (bench_tiling.json: tiled vs
+#   untiled, huge host-resident images, the StreamDenoiser frame rate), report (bench.md).
 # A failed stage does not stop the run; the script exits non-zero if any stage failed.
 #
 # Time: the whole run is held to GPU_CHECK_BUDGET_S seconds (default 520, so it ends within
@@ -180,7 +181,8 @@ s_sanitizer() {
   # No caching allocator: memcheck then sees each tensor's own bounds.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
     --print-limit 20 --target-processes all \
-    "$PY" -m pytest tests/ops/test_haar.py tests/ops/test_block_match.py tests/ops/test_nlm.py tests/ops/test_bm3d.py -q -x \
+    "$PY" -m pytest tests/ops/test_haar.py tests/ops/test_block_match.py tests/ops/test_nlm.py tests/ops/test_bm3d.py \
+    tests/ops/test_overlap_add.py -q -x \
     -p no:cacheprovider -k "cuda_kernel or cuda_default_dispatch"
 }
 
@@ -196,12 +198,13 @@ s_bench_classic() { bench_suite classic; }
 s_bench_norm_gate() { bench_suite norm_gate; }
 s_bench_patch() { bench_suite patch; }
 s_bench_restormer_ops() { bench_suite restormer_ops; }
+s_bench_tiling() { bench_suite tiling; }
 
 s_report() {
   local files=()
   for f in "$OUTDIR/bench_haar.json" "$OUTDIR/bench_models.json" "$OUTDIR/bench_classic.json" \
            "$OUTDIR/bench_norm_gate.json" "$OUTDIR/bench_patch.json" \
-           "$OUTDIR/bench_restormer_ops.json"; do
+           "$OUTDIR/bench_restormer_ops.json" "$OUTDIR/bench_tiling.json"; do
     [ -s "$f" ] && files+=("$f")
   done
   if [ ${#files[@]} -eq 0 ]; then
@@ -225,6 +228,7 @@ stage bench-classic 120 s_bench_classic 25
 stage bench-norm-gate 120 s_bench_norm_gate 20
 stage bench-patch  300 s_bench_patch  20
 stage bench-restormer-ops 180 s_bench_restormer_ops 20
+stage bench-tiling 300 s_bench_tiling 20
 stage report        60 s_report always
 
 echo

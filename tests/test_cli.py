@@ -492,3 +492,28 @@ def test_python_dash_m(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fastdenoise", "--version"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("fastdenoise ")
+
+
+def test_tiled_checkpoint(tmp_path, rng, capsys, shared_dir):
+    """--tile: the real DnCNN (sigma 25) in 48 x 48 tiles with --blend crop and the overlap the
+    tile allows (40 >= twice its receptive-field radius 17) writes the untiled output's pixels;
+    hann (exact only from an overlap of 68) within one level; tiling a classical method is a
+    usage error."""
+    ckpt = shared_dir / "checkpoints" / "dncnn_25.pth"
+    _, noisy = write_pair(tmp_path, rng, h=70, w=57)
+    assert run(capsys, "denoise", noisy, "-o", tmp_path / "whole.png", "--method", ckpt)[0] == 0
+    for blend in ("crop", "hann"):
+        code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / f"{blend}.png", "--method", ckpt,
+                             "--tile", 48, "--blend", blend)
+        assert code == 0, err
+        diff = np.abs(read_pixels(tmp_path / f"{blend}.png").astype(int) - read_pixels(tmp_path / "whole.png"))
+        assert diff.max() <= 1
+        if blend == "crop":                  # float rounding may flip a level, very rarely
+            assert (diff > 0).mean() < 0.002
+    code, _, err = run(capsys, "denoise", noisy, "-o", tmp_path / "b.png", "--tile", 64)
+    assert code == 2 and "--tile / --overlap: tiling runs a checkpoint's model" in err
+    code, _, err = run(capsys, "denoise", noisy, "-o", tmp_path / "b.png", "--method", ckpt, "--tile", 16,
+                       "--overlap", 16)
+    assert code == 2 and "--overlap: expected less than --tile=16, got 16" in err
+    code, _, err = run(capsys, "denoise", noisy, "-o", tmp_path / "b.png", "--method", ckpt, "--tile", 0)
+    assert code == 2 and "expected a positive integer, got 0" in err

@@ -1,0 +1,382 @@
+"""Tiled inference: run a model over an image of any size in overlapping tiles, stitched with
+:func:`fastdenoise.ops.overlap_add`.
+
+``fastdenoise.tiled(model, tile=512, overlap=None, blend="hann", batch=None, multiple=None)``
+returns a module whose ``forward(x, *args)`` runs ``model`` on (B, C, H, W) inputs of any size.
+
+**Grid.** Per axis of n pixels (after padding n to a multiple of ``multiple``, see below): one
+tile of the whole axis when it fits in ``tile``; otherwise tiles of ``tile`` pixels starting at
+0, s, 2s, ... (stride ``s = tile - overlap``) and a last one ending exactly at the border. Tiles
+never reach past the image, so a convolution's own zero padding at the image border is what the
+untiled model sees too.
+
+**Blending** (per-pixel windows, the product of one window per axis; the weights are divided out
+at the end, so any positive weights give a weighted mean):
+
+* ``"hann"``: across the overlap of two neighbouring tiles (L pixels), each tile gets weight 0
+  on the quarter of the overlap nearest its own edge (where its output suffers most from the
+  missing context), the first fades out as ``cos^2(pi/2 (k + 1/2) / M)`` and the second fades
+  in as ``sin^2(...)`` over the middle half (M pixels): the two weights sum to one at every
+  pixel, and at the image borders there is no fade. No uniform averaging: the seam error falls
+  as the overlap grows, and a local model whose receptive-field radius is at most L / 4 gives
+  the untiled output.
+* ``"crop"``: each tile keeps only its part up to the middle of each overlap (the margins are
+  discarded; at the image borders nothing is). For a purely local model whose receptive-field
+  radius is at most half the overlap, the result is the untiled output (to float rounding).
+* ``"average"``: every tile pixel weighs 1 -- the official scripts' behaviour, for comparison.
+
+**Alignment.** ``multiple`` (the model's down-sampling factor; known for the models of
+:mod:`fastdenoise.models`, 1 otherwise) rounds ``tile`` and the stride up to multiples of it and
+pads the image at the bottom / right to a multiple of it (reflection; replication for images
+too short to reflect), so every tile sits on the model's pixel grid; the output is cropped back.
+The stride is rounded down, so the overlap is at least the one asked.
+
+**Devices.** Tiles are given to the model in its parameters' dtype and the output has the
+input's dtype and memory format. The input may be on the CPU while the model is on a GPU: tiles go to the GPU a
+batch at a time and come back to the host, where the output and the weight map (float32)
+are accumulated -- GPU memory is bounded by the tile batch, not by the image. The host-to-device
+copy of the next batch and the device-to-host copy of the last one run on their own CUDA streams
+from pinned buffers, overlapping the model. An out-of-memory error on the GPU halves the batch
+(then the tile) and starts again, with a warning.
+
+**Extra arguments.** ``forward(x, *args)``: a tensor argument whose first dimension is B (e.g.
+FFDNet's per-image noise level) is given, per tile, the rows of the tiles' images; other
+arguments are passed as they are. A model returning a list or tuple (MPRNet) is taken at its
+first element.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_tensor, memory_format_of
+from .ops.overlap_add import overlap_add, overlap_normalize
+
+__all__ = ["tiled", "TiledModel", "BLENDS", "model_multiple", "default_overlap", "tile_starts", "axis_windows"]
+
+BLENDS = ("hann", "crop", "average")
+
+
+# --------------------------------------------------------------------------------------------
+# What the known models need
+# --------------------------------------------------------------------------------------------
+
+def _unwrap(model) -> object:
+    return getattr(model, "__self__", model)          # a bound method (model.denoise): its module
+
+
+def model_multiple(model) -> int:
+    """The down-sampling factor tile positions and sizes align to, for the models of
+    :mod:`fastdenoise.models` (and official models of the same class names); 1 otherwise."""
+    m = _unwrap(model)
+    name = type(m).__name__
+    if name in ("Restormer", "MPRNet", "MWCNN"):
+        return 8
+    if name in ("NAFNet", "NAFNetLocal", "Baseline", "BaselineLocal"):
+        return 2 ** len(getattr(m, "enc_blk_nums", (0, 0, 0, 0)))
+    if name == "InvNet":
+        return 2 ** int(getattr(m, "down_num", 2))
+    if name == "FFDNet":
+        return 2
+    return 1
+
+
+def _receptive_radius(m) -> Optional[int]:
+    """Receptive-field radius of a plain stack of convolutions (DnCNN / FFDNet), else None."""
+    name = type(m).__name__
+    if name not in ("DnCNN", "FFDNet"):
+        return None
+    radius = 0
+    for conv in m.modules():
+        if isinstance(conv, nn.Conv2d):
+            radius += (conv.kernel_size[0] // 2) * conv.dilation[0]
+    return radius * (2 if name == "FFDNet" else 1)     # FFDNet works at half resolution
+
+
+def default_overlap(model, tile: int) -> int:
+    """The overlap ``tiled`` uses when none is given.
+
+    * Purely local models with a known receptive field (DnCNN, FFDNet): four times the
+      receptive-field radius (rounded up to 8), at most the tile less 8: with ``"hann"`` (and
+      ``"crop"``, which needs only twice the radius) the output is then the untiled one when the
+      tile allows it (tests/test_tiling.py checks it).
+    * Everything else (global statistics: channel attention, MDTA; or unknown): an eighth of
+      the tile, at least 32 pixels (see ``benchmarks/results/`` for the measured
+      tiled-vs-untiled error against the overlap).
+    """
+    r = _receptive_radius(_unwrap(model))
+    if r is not None:
+        return min(max(8, 8 * math.ceil(4 * r / 8)), max(0, tile - 8))
+    return min(max(32, tile // 8), max(0, tile // 2))
+
+
+# --------------------------------------------------------------------------------------------
+# The grid and the windows
+# --------------------------------------------------------------------------------------------
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def tile_starts(n: int, tile: int, overlap: int, multiple: int = 1) -> Tuple[int, List[int]]:
+    """(tile length, starts) along an axis of ``n`` pixels (``n`` a multiple of ``multiple``):
+    one tile of the whole axis when ``n <= tile``; else starts 0, s, 2s, ... with ``s = tile -
+    overlap`` rounded down to ``multiple`` (so the overlap is at least the one asked) and a last
+    start ``n - tile``."""
+    tile = _round_up(max(tile, multiple), multiple)
+    if n <= tile:
+        return n, [0]
+    stride = max(multiple, (tile - overlap) // multiple * multiple)
+    starts = list(range(0, n - tile, stride)) + [n - tile]
+    return tile, starts
+
+
+def _ramp(length: int, dtype=torch.float64) -> torch.Tensor:
+    k = torch.arange(length, dtype=dtype)
+    return torch.sin(0.5 * math.pi * (k + 0.5) / length) ** 2
+
+
+def axis_windows(starts: Sequence[int], tile: int, blend: str) -> List[torch.Tensor]:
+    """One 1-D window (float32, ``tile`` long) per tile along an axis (see the module docstring)."""
+    out = []
+    for i, s in enumerate(starts):
+        w = torch.ones(tile, dtype=torch.float64)
+        if blend != "average":
+            if i > 0:                                     # overlap with the previous tile
+                _fade(w, s - starts[i - 1], tile, blend, rising=True)
+            if i + 1 < len(starts):                       # overlap with the next tile
+                _fade(w, starts[i + 1] - s, tile, blend, rising=False)
+        out.append(w.float())
+    return out
+
+
+def _fade(w: torch.Tensor, step: int, tile: int, blend: str, rising: bool) -> None:
+    """Shape ``w`` over its overlap with a neighbour ``step`` pixels away (before it when
+    ``rising``, after it otherwise): the overlap has ``L = tile - step`` pixels; ``"crop"`` cuts
+    at its middle; ``"hann"`` is 0 over its outer quarter, fades over its middle half and is 1
+    over its inner quarter (the two neighbours' weights sum to one)."""
+    length = tile - step
+    if length <= 0:
+        return
+    if blend == "crop":
+        cut = length // 2
+        if rising:
+            w[:cut] = 0
+        else:
+            w[tile - length + cut:] = 0
+        return
+    outer = length // 4
+    ramp_len = length - 2 * outer
+    ramp = _ramp(ramp_len)
+    if rising:
+        w[:outer] = 0
+        w[outer:outer + ramp_len] *= ramp
+    else:
+        first = tile - length
+        w[first + outer:first + outer + ramp_len] *= 1 - ramp
+        w[first + outer + ramp_len:] = 0
+
+
+def _pad_mode(n: int, pad: int) -> str:
+    return "reflect" if pad < n else "replicate"
+
+
+# --------------------------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------------------------
+
+class TiledModel(nn.Module):
+    """``model`` run in tiles (see the module docstring and :func:`tiled`)."""
+
+    def __init__(self, model: Callable, tile: int = 512, overlap: Optional[int] = None, blend: str = "hann",
+                 batch: Optional[int] = None, multiple: Optional[int] = None, progress: bool = True):
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
+        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+            raise ValueError(f"tile: expected a positive int, got {tile!r}")
+        if blend not in BLENDS:
+            raise ValueError(f"blend: expected one of {BLENDS}, got {blend!r}")
+        if multiple is None:
+            multiple = model_multiple(model)
+        if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+            raise ValueError(f"multiple: expected a positive int, got {multiple!r}")
+        if overlap is None:
+            overlap = default_overlap(model, tile)
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
+            raise ValueError(f"overlap: expected an int in [0, tile={tile}), got {overlap!r}")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"batch: expected a positive int or None, got {batch!r}")
+        if isinstance(model, nn.Module):
+            self.model = model
+        else:
+            self._fn = model
+        self.tile, self.overlap, self.blend, self.batch = tile, overlap, blend, batch
+        self.multiple, self.progress = multiple, bool(progress)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _call(self, t: torch.Tensor, args) -> torch.Tensor:
+        fn = self.model if "model" in self._modules else self._fn
+        y = fn(t, *args)
+        if isinstance(y, (list, tuple)):
+            y = y[0]
+        return y
+
+    def _model_where(self, x: torch.Tensor) -> Tuple[torch.device, torch.dtype]:
+        """The device and dtype of the model's parameters (x's when it has none)."""
+        m = _unwrap(self.model if "model" in self._modules else self._fn)
+        if isinstance(m, nn.Module):
+            for p in m.parameters():
+                if p.is_floating_point():
+                    return p.device, p.dtype
+        return x.device, x.dtype
+
+    def extra_repr(self) -> str:
+        return (f"tile={self.tile}, overlap={self.overlap}, blend={self.blend!r}, batch={self.batch}, "
+                f"multiple={self.multiple}")
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
+        check_tensor("x", x)
+        dev, mdtype = self._model_where(x)
+        batch = self.batch or (4 if dev.type == "cuda" else 1)
+        tile = self.tile
+        while True:
+            try:
+                return self._run(x, args, (dev, mdtype), tile, batch)
+            except torch.OutOfMemoryError:
+                if dev.type != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                if batch > 1:
+                    batch //= 2
+                elif tile // 2 >= max(self.multiple, self.overlap + self.multiple, 8):
+                    tile //= 2
+                else:
+                    raise
+                warnings.warn(f"fastdenoise.tiled: out of GPU memory; retrying with batch={batch}, tile={tile}",
+                              RuntimeWarning, stacklevel=2)
+
+    def _run(self, x, args, where, tile, batch) -> torch.Tensor:
+        dev, mdtype = where
+        b, _, h, w = x.shape
+        m = self.multiple
+        hp, wp = _round_up(h, m), _round_up(w, m)
+        overlap = min(self.overlap, max(0, _round_up(tile, m) - m))
+        th, ys = tile_starts(hp, tile, overlap, m)
+        tw, xs = tile_starts(wp, tile, overlap, m)
+        wy, wx = axis_windows(ys, th, self.blend), axis_windows(xs, tw, self.blend)
+        jobs = [(bi, i, j) for bi in range(b) for i in range(len(ys)) for j in range(len(xs))]
+        host = x.device
+        out = weight = None
+        started, shown = time.monotonic(), False
+        stream = _Streams(dev, host) if dev.type == "cuda" and host.type == "cpu" else None
+        pending = None                               # (tiles on the host, positions, windows)
+        for k in range(0, len(jobs), batch):
+            chunk = jobs[k:k + batch]
+            crops = [self._crop(x, bi, ys[i], xs[j], th, tw, h, w) for bi, i, j in chunk]
+            inp = torch.stack(crops).to(mdtype)
+            targs = tuple(a[torch.tensor([c[0] for c in chunk], device=a.device)]
+                          if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == b and b > 1 else a
+                          for a in args)
+            if stream is not None:
+                y = stream.run(lambda t: self._call(t, targs), inp)
+            else:
+                y = self._call(inp.to(dev), targs)
+            positions = torch.tensor([[bi, ys[i], xs[j]] for bi, i, j in chunk], dtype=torch.int64)
+            windows = torch.stack([wy[i][:, None] * wx[j][None, :] for _, i, j in chunk])
+            if out is None:
+                out = torch.zeros((b, y.shape[1], hp, wp), dtype=torch.float32, device=host)
+                weight = torch.zeros((b, 1, hp, wp), dtype=torch.float32, device=host)
+            if pending is not None:          # the previous batch, while this one computes
+                overlap_add(_host(pending[0]), pending[1], out, weight, pending[2].to(host))
+            tiles = stream.fetch(y) if stream is not None else y.to(host)
+            pending = (tiles, positions, windows)
+            if self.progress and len(jobs) > batch and time.monotonic() - started > 2.0:
+                shown = True
+                done = min(k + batch, len(jobs))
+                sys.stderr.write(f"\rfastdenoise.tiled: {done}/{len(jobs)} tiles")
+                sys.stderr.flush()
+        if pending is not None:
+            overlap_add(_host(pending[0]), pending[1], out, weight, pending[2].to(host))
+        if shown:
+            sys.stderr.write("\n")
+        res = overlap_normalize(out, weight)[:, :, :h, :w]
+        return res.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+
+    @staticmethod
+    def _crop(x, bi, y0, x0, th, tw, h, w) -> torch.Tensor:
+        """Rows y0 .. y0 + th, columns x0 .. x0 + tw of image bi, padded past H / W (the padding
+        of the whole image to a multiple, applied to this tile: the same pixels)."""
+        c = x[bi, :, y0:min(y0 + th, h), x0:min(x0 + tw, w)]
+        ph, pw = th - c.shape[1], tw - c.shape[2]
+        if ph or pw:
+            mode = "reflect" if ph < c.shape[1] and pw < c.shape[2] else "replicate"
+            c = F.pad(c[None], (0, pw, 0, ph), mode=mode)[0]
+        return c
+
+
+class _Streams:
+    """Host <-> device copies of a tile batch on their own CUDA streams, from pinned memory."""
+
+    def __init__(self, dev: torch.device, host: torch.device):
+        self.dev, self.host = dev, host
+        self.h2d = torch.cuda.Stream(dev)
+        self.d2h = torch.cuda.Stream(dev)
+        self.done = None
+
+    def run(self, fn, inp: torch.Tensor) -> torch.Tensor:
+        pinned = inp.pin_memory()
+        with torch.cuda.stream(self.h2d):
+            dev_in = pinned.to(self.dev, non_blocking=True)
+        compute = torch.cuda.current_stream(self.dev)
+        compute.wait_stream(self.h2d)
+        dev_in.record_stream(compute)
+        return fn(dev_in)
+
+    def fetch(self, y: torch.Tensor) -> torch.Tensor:
+        """Start copying ``y`` to a pinned host tensor; :meth:`wait` (or the next fetch) before use."""
+        compute = torch.cuda.current_stream(self.dev)
+        self.d2h.wait_stream(compute)
+        host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+        with torch.cuda.stream(self.d2h):
+            host.copy_(y, non_blocking=True)
+            y.record_stream(self.d2h)
+            self.done = torch.cuda.Event()
+            self.done.record(self.d2h)
+        return _Pending(host, self.done)
+
+
+
+def _host(t):
+    """A tile batch on the host: waits for its device-to-host copy when it is still in flight."""
+    return t.get() if isinstance(t, _Pending) else t
+
+
+class _Pending:
+    def __init__(self, host: torch.Tensor, event):
+        self.host, self.event = host, event
+
+    def get(self) -> torch.Tensor:
+        self.event.synchronize()
+        return self.host
+
+
+def tiled(model: Callable, tile: int = 512, overlap: Optional[int] = None, blend: str = "hann",
+          batch: Optional[int] = None, multiple: Optional[int] = None, *, progress: bool = True) -> TiledModel:
+    """``model`` run in ``tile``-pixel tiles overlapping by ``overlap`` pixels (None: the
+    model's default, :func:`default_overlap`), ``batch`` tiles per forward (None: 4 on a GPU,
+    1 on the CPU), blended with ``blend`` (``"hann"``, ``"crop"``, ``"average"``), aligned to
+    ``multiple`` (None: the model's down-sampling factor, :func:`model_multiple`). ``progress``:
+    a tile counter on stderr for runs longer than two seconds. See the module docstring."""
+    return TiledModel(model, tile, overlap, blend, batch, multiple, progress)

@@ -1,0 +1,102 @@
+"""fastdenoise.StreamDenoiser: frames as host uint8 / uint16 arrays (grey and colour) or device
+tensors give the model's output, converted as documented, in order; errors; on a GPU the
+pipelined path (streams, double buffers, CUDA graphs) against the plain model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastdenoise import StreamDenoiser
+from fastdenoise.errors import DeviceError, DTypeError, ShapeError
+from fastdenoise.models import DnCNN, NAFNet
+
+
+def _model(c=3, seed=0):
+    torch.manual_seed(seed)
+    return DnCNN(in_nc=c, out_nc=c, nc=8, nb=3).eval()
+
+
+def _expected(model, frame, dtype=torch.float32):
+    full = 255.0 if frame.dtype == np.uint8 else 65535.0
+    arr = frame if frame.ndim == 3 else frame[:, :, None]
+    x = torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1)[None].to(dtype) / full
+    m = model.to(dtype)
+    with torch.no_grad():
+        y = m(x.contiguous(memory_format=torch.channels_last)).float().clamp(0, 1) * full
+    return y.round()[0].permute(1, 2, 0).numpy().astype(frame.dtype).reshape(frame.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("c", [1, 3])
+def test_host_frames_in_order(dtype, c):
+    model = _model(c)
+    rng = np.random.default_rng(c)
+    top = np.iinfo(dtype).max
+    shape = (17, 23, c) if c == 3 else (17, 23)
+    frames = [(rng.random(shape) * top).astype(dtype) for _ in range(4)]
+    s = StreamDenoiser(model, shape, torch.float32)
+    outs = list(s.stream(frames))
+    assert len(outs) == 4
+    for f, o in zip(frames, outs):
+        assert o.dtype == f.dtype and o.shape == f.shape
+        assert np.abs(o.astype(np.int64) - _expected(model, f).astype(np.int64)).max() <= 1
+    assert np.array_equal(s(frames[2]), outs[2])
+
+
+def test_device_tensor_frames():
+    model = _model()
+    s = StreamDenoiser(model, (12, 10, 3), torch.bfloat16)
+    x = torch.rand(3, 12, 10)
+    y = s(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert next(model.parameters()).dtype == torch.float32           # the caller's model untouched
+    with torch.no_grad():
+        want = model.to(torch.bfloat16)(x[None].to(torch.bfloat16))[0].float()
+    torch.testing.assert_close(y, want)
+    assert s(x[None]).shape == (1, 3, 12, 10)
+
+
+def test_list_output_models_and_nafnet():
+    model = NAFNet(img_channel=3, width=4, enc_blk_nums=[1], dec_blk_nums=[1]).eval()
+    frame = (np.random.default_rng(1).random((9, 14, 3)) * 255).astype(np.uint8)
+    out = StreamDenoiser(lambda x: [model(x)], (9, 14, 3), torch.float32)(frame)
+    assert out.shape == frame.shape
+
+
+def test_bad_input():
+    s = StreamDenoiser(_model(), (8, 8, 3), torch.float32)
+    with pytest.raises(ShapeError, match=r"frame: expected an array of shape \[8, 8, 3\], got \[8, 9, 3\]"):
+        s(np.zeros((8, 9, 3), np.uint8))
+    with pytest.raises(DTypeError, match="frame: expected a uint8 or uint16 array, got float32"):
+        s(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(DTypeError, match="frame: expected a float16, bfloat16 or float32 tensor"):
+        s(torch.zeros(3, 8, 8, dtype=torch.float64))
+    with pytest.raises(TypeError, match="frame: expected a numpy array or a torch.Tensor, got list"):
+        s([1, 2])
+    with pytest.raises(ShapeError, match="shape: expected"):
+        StreamDenoiser(_model(), (8, 8, 2))
+    with pytest.raises(DTypeError, match="dtype: expected one of"):
+        StreamDenoiser(_model(), (8, 8, 3), torch.float64)
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="torch sees no CUDA device"):
+            StreamDenoiser(_model(), (8, 8, 3), device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("graphs", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_pipeline_matches_the_model(graphs, dtype):
+    model = _model().cuda()
+    rng = np.random.default_rng(2)
+    frames = [(rng.random((64, 96, 3)) * 255).astype(np.uint8) for _ in range(7)]
+    s = StreamDenoiser(model, (64, 96, 3), dtype, graphs=graphs)
+    outs = list(s.stream(frames))
+    cpu_model = _model()
+    for f, o in zip(frames, outs):
+        want = _expected(cpu_model, f)
+        assert np.abs(o.astype(int) - want.astype(int)).max() <= 2       # float16 vs float32 levels
+    assert next(model.parameters()).dtype == torch.float32           # the caller's model untouched
+    t = torch.rand(3, 64, 96, device="cuda")
+    assert s(t).device.type == "cuda"

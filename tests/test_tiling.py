@@ -1,0 +1,214 @@
+"""fastdenoise.tiled: the grid and the blending windows, exactness for local models with
+``blend="crop"``, the seam error against the overlap with ``"hann"``, any size, alignment to the
+model's factor, extra per-image arguments, list outputs, dtypes and memory formats, errors;
+on a GPU: a host-resident image with the model on the GPU, and the out-of-memory retry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastdenoise
+from fastdenoise.models import DnCNN, FFDNet, MPRNet, NAFNet
+from fastdenoise.tiling import axis_windows, default_overlap, model_multiple, tile_starts
+
+
+def _rand_weights(model, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 4:
+                fan_in = p.shape[1] * p.shape[2] * p.shape[3]
+                p.copy_(scale * torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+    return model.eval()
+
+
+def _img(b, c, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 1, h)[:, None] * torch.linspace(1, 0, w)[None, :]
+    return 0.6 * ramp * torch.rand(b, c, 1, 1, generator=g) + 0.4 * torch.rand(b, c, h, w, generator=g)
+
+
+# --------------------------------------------------------------------------------------------
+# Grid and windows
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, tile, overlap, m", [(100, 32, 8, 1), (20, 32, 8, 1), (64, 16, 4, 4), (257, 64, 30, 8)])
+def test_tile_starts_cover_the_axis(n, tile, overlap, m):
+    n = -(-n // m) * m
+    length, starts = tile_starts(n, tile, overlap, m)
+    assert starts[0] == 0 and starts[-1] + length == n and length <= max(tile, n)
+    assert all(s % m == 0 for s in starts) and length % m == 0
+    assert all(b - a <= length - overlap or len(starts) == 1 for a, b in zip(starts, starts[1:]))
+    assert sorted(set(starts)) == starts
+
+
+@pytest.mark.parametrize("blend", ["hann", "crop"])
+def test_windows_sum_to_one(blend):
+    length, starts = tile_starts(90, 32, 12)                   # stride 20 >= half the tile: pairs only
+    total = torch.zeros(90, dtype=torch.float64)
+    for s, w in zip(starts, axis_windows(starts, length, blend)):
+        assert w.dtype == torch.float32 and w.shape == (length,)
+        total[s:s + length] += w.double()
+    torch.testing.assert_close(total, torch.ones(90, dtype=torch.float64), rtol=0, atol=1e-6)
+    ws = axis_windows(starts, length, blend)
+    assert ws[0][0] == 1 and ws[-1][-1] == 1                      # no fade at the image borders
+    if blend == "crop":
+        assert set(torch.cat(ws).tolist()) == {0.0, 1.0}
+
+
+def test_model_facts():
+    assert model_multiple(NAFNet(width=4, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])) == 4
+    assert model_multiple(MPRNet(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1)) == 8
+    assert model_multiple(DnCNN(nc=8, nb=5)) == 1 and model_multiple(FFDNet(nc=8, nb=3)) == 2
+    assert default_overlap(DnCNN(nc=8, nb=17), 512) == 72          # radius 17 -> 68 -> 72
+    assert default_overlap(DnCNN(nc=8, nb=17), 48) == 40           # at most the tile less 8
+    assert default_overlap(NAFNet(width=4), 512) == 64
+
+
+# --------------------------------------------------------------------------------------------
+# Exactness and seams
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hw", [(37, 53), (16, 70), (5, 3)])
+def test_crop_and_hann_are_exact_for_a_local_model(hw):
+    """DnCNN with 5 layers (receptive-field radius 5): crop needs an overlap of 10, hann 20 (its
+    fade avoids the outer quarter of the overlap); the default overlap (24) serves both."""
+    model = _rand_weights(DnCNN(in_nc=1, out_nc=1, nc=8, nb=5, act_mode="R"), 1)
+    x = _img(2, 1, *hw, seed=2)
+    with torch.no_grad():
+        want = model(x)
+        got = fastdenoise.tiled(model, tile=16, overlap=10, blend="crop")(x)
+        got_hann = fastdenoise.tiled(model, tile=24, overlap=20, blend="hann")(x)
+        got_default = fastdenoise.tiled(model, tile=32)(x)
+        too_small = fastdenoise.tiled(model, tile=16, overlap=4, blend="crop")(x)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    for y in (got, got_hann, got_default):
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    if max(hw) > 16:
+        assert (too_small - want).abs().max() > 1e-3               # the check can fail
+
+
+def test_hann_seam_error_falls_with_the_overlap():
+    """A model with global statistics (NAFNet's channel attention): tiles see other means, so
+    tiled != untiled; the error shrinks as the overlap grows."""
+    torch.manual_seed(0)
+    model = _rand_weights(NAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1],
+                                 dec_blk_nums=[1, 1]), 3, scale=2.0)
+    x = _img(1, 3, 64, 96, seed=4)
+    with torch.no_grad():
+        want = model(x)
+        errs = {ov: (fastdenoise.tiled(model, tile=48, overlap=ov)(x) - want).abs().mean().item()
+                for ov in (4, 16, 40)}
+        avg = (fastdenoise.tiled(model, tile=48, overlap=16, blend="average")(x) - want).abs().mean().item()
+    assert errs[40] < errs[16] < errs[4]
+    assert errs[16] <= avg
+
+
+def test_any_size_alignment_batches_and_layouts():
+    model = _rand_weights(NAFNet(img_channel=3, width=4, middle_blk_num=1, enc_blk_nums=[1, 1],
+                                 dec_blk_nums=[1, 1]), 5)
+    t = fastdenoise.tiled(model, tile=12, overlap=4, batch=3, progress=False)
+    assert t.multiple == 4 and "multiple=4" in repr(t)
+    for hw in ((1, 1), (2, 9), (13, 30)):
+        x = _img(2, 3, *hw, seed=hw[1])
+        before = x.clone()
+        with torch.no_grad():
+            y = t(x)
+            y_cl = t(x.contiguous(memory_format=torch.channels_last))
+            y16 = t(x.to(torch.bfloat16))
+        assert y.shape == x.shape and torch.equal(x, before)
+        assert y_cl.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5)
+        assert y16.dtype == torch.bfloat16
+
+
+def test_single_tile_equals_the_model():
+    model = _rand_weights(NAFNet(img_channel=3, width=4, enc_blk_nums=[1], dec_blk_nums=[1]), 6)
+    x = _img(1, 3, 20, 18, seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(fastdenoise.tiled(model, tile=64)(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_per_image_arguments_and_list_outputs():
+    ffd = _rand_weights(FFDNet(in_nc=1, out_nc=1, nc=8, nb=3), 8)
+    x = _img(2, 1, 30, 26, seed=9)
+    sigma = torch.tensor([0.05, 0.2]).view(2, 1, 1, 1)
+    with torch.no_grad():
+        want = ffd(x, sigma)
+        got = fastdenoise.tiled(ffd, tile=16, overlap=12, blend="crop", batch=4)(x, sigma)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    mpr = _rand_weights(MPRNet(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1), 10)
+    y = fastdenoise.tiled(mpr, tile=16, overlap=8)(_img(1, 3, 20, 27, seed=11))
+    assert y.shape == (1, 3, 20, 27)
+
+
+def test_progress_counter(capsys, monkeypatch):
+    import fastdenoise.tiling as T
+    clock = iter(range(0, 1000, 5))
+    monkeypatch.setattr(T.time, "monotonic", lambda: next(clock))
+    model = DnCNN(in_nc=1, out_nc=1, nc=4, nb=2).eval()
+    with torch.no_grad():
+        fastdenoise.tiled(model, tile=8, overlap=4)(torch.rand(1, 1, 20, 20))
+        assert "tiles" in capsys.readouterr().err
+        fastdenoise.tiled(model, tile=8, overlap=4, progress=False)(torch.rand(1, 1, 20, 20))
+        assert capsys.readouterr().err == ""
+
+
+def test_bad_arguments():
+    m = DnCNN(nc=4, nb=2)
+    with pytest.raises(ValueError, match="tile: expected a positive int, got 0"):
+        fastdenoise.tiled(m, tile=0)
+    with pytest.raises(ValueError, match=r"overlap: expected an int in \[0, tile=16\), got 16"):
+        fastdenoise.tiled(m, tile=16, overlap=16)
+    with pytest.raises(ValueError, match="blend: expected one of"):
+        fastdenoise.tiled(m, blend="max")
+    with pytest.raises(ValueError, match="batch: expected a positive int or None, got 0"):
+        fastdenoise.tiled(m, batch=0)
+    with pytest.raises(TypeError, match="model: expected an nn.Module or a callable, got int"):
+        fastdenoise.tiled(3)
+    from fastdenoise.errors import ShapeError
+    with pytest.raises(ShapeError, match="x: expected 4 dims"):
+        fastdenoise.tiled(m)(torch.rand(1, 8, 8))
+
+
+def test_out_of_memory_on_cpu_is_not_retried(monkeypatch):
+    t = fastdenoise.tiled(DnCNN(nc=4, nb=2), tile=8)
+    monkeypatch.setattr(t, "_run", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("boom")))
+    with pytest.raises(torch.OutOfMemoryError):
+        t(torch.rand(1, 1, 8, 8))
+
+
+# --------------------------------------------------------------------------------------------
+# GPU
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+def test_host_image_with_a_gpu_model():
+    model = _rand_weights(NAFNet(img_channel=3, width=8, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1]), 12).cuda()
+    x = _img(1, 3, 200, 333, seed=13)
+    with torch.no_grad():
+        on_host = fastdenoise.tiled(model, tile=64, overlap=16, batch=3)(x)
+        on_gpu = fastdenoise.tiled(model, tile=64, overlap=16, batch=3)(x.cuda())
+    assert on_host.device.type == "cpu" and on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_host, on_gpu.cpu(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_gpu_out_of_memory_halves_the_batch(monkeypatch):
+    model = DnCNN(nc=8, nb=3).cuda().eval()
+    t = fastdenoise.tiled(model, tile=32, batch=8)
+    real, calls = t._run, []
+
+    def flaky(x, args, where, tile, batch):
+        calls.append((tile, batch))
+        if batch > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real(x, args, where, tile, batch)
+
+    monkeypatch.setattr(t, "_run", flaky)
+    with pytest.warns(RuntimeWarning, match="out of GPU memory"), torch.no_grad():
+        y = t(torch.rand(1, 1, 70, 70))
+    assert calls == [(32, 8), (32, 4), (32, 2)] and y.shape == (1, 1, 70, 70)
