@@ -286,9 +286,7 @@ class TiledModel(nn.Module):
             chunk = jobs[k:k + batch]
             crops = [self._crop(x, bi, ys[i], xs[j], th, tw, h, w) for bi, i, j in chunk]
             inp = torch.stack(crops).to(mdtype)
-            targs = tuple(a[torch.tensor([c[0] for c in chunk], device=a.device)]
-                          if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == b and b > 1 else a
-                          for a in args)
+            targs = tuple(_per_tile(a, [c[0] for c in chunk], b, dev) for a in args)
             if stream is not None:
                 y = stream.run(lambda t: self._call(t, targs), inp)
             else:
@@ -356,6 +354,16 @@ class _Streams:
             self.done.record(self.d2h)
         return _Pending(host, self.done)
 
+
+
+def _per_tile(a, images: List[int], b: int, dev: torch.device):
+    """An extra argument for a batch of tiles: a tensor with one row per image gives the rows of
+    the tiles' images; tensors go to the model's device; anything else is passed as it is."""
+    if not isinstance(a, torch.Tensor):
+        return a
+    if a.dim() >= 1 and a.shape[0] == b and b > 1:
+        a = a[torch.tensor(images, device=a.device)]
+    return a.to(dev)
 
 
 def _host(t):
