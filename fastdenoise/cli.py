@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overlap of the tiles in pixels (default: the model's, see fastdenoise.tiling)")
     d.add_argument("--blend", choices=("hann", "crop", "average"), default="hann",
                    help="how overlapping tiles are blended (default hann)")
+    d.add_argument("--stream", action="store_true",
+                   help="denoise the inputs as frames of a video through fastdenoise.StreamDenoiser (channels_last, "
+                        "CUDA graphs on a GPU; one per frame size); blind checkpoints only")
     d.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     d.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     d.add_argument("--debug", action="store_true", help="print tracebacks of unexpected errors")
@@ -184,6 +187,7 @@ class Method:
     channels: Optional[int]                    # the channels a model takes; None: 1 or 3
     run: Callable[[torch.Tensor, float], torch.Tensor]   # (x, sigma in the image's units) -> y
     model: Optional[torch.nn.Module] = None    # a checkpoint's model (tiling needs its facts)
+    streams: dict = field(default_factory=dict)  # --stream: a StreamDenoiser per frame size
 
 
 def _classical(name: str) -> Method:
@@ -490,6 +494,15 @@ def _apply(method: Method, x: torch.Tensor, sigma, args, result) -> torch.Tensor
 
     if getattr(args, "tile", None):
         return tiled_run(args.tile)
+    if getattr(args, "stream", False):
+        from .stream import StreamDenoiser
+
+        key = tuple(x.shape[1:])
+        if key not in method.streams:
+            c, h, w = key
+            method.streams[key] = StreamDenoiser(lambda t: method.run(t, None), (h, w, c), torch.float32,
+                                                 device=x.device)
+        return method.streams[key](x[0])[None]
     try:
         return method.run(x, sigma)
     except torch.OutOfMemoryError:
@@ -565,6 +578,10 @@ def _cmd_denoise(args) -> int:
     if method.model is None and (args.tile is not None or args.overlap is not None):
         raise UsageError(f"--tile / --overlap: tiling runs a checkpoint's model; {method.name} works on the "
                          "whole image")
+    if args.stream and (method.model is None or method.uses_sigma or args.tile is not None
+                        or type(method.model).__name__ == "InvNet"):
+        raise UsageError(f"--stream: runs a blind checkpoint's model whole on each frame (not {method.name}"
+                         f"{', not with --tile' if args.tile is not None else ''}; InvDN draws noise per frame)")
     if args.tile is not None and args.overlap is not None and args.overlap >= args.tile:
         raise UsageError(f"--overlap: expected less than --tile={args.tile}, got {args.overlap}")
 

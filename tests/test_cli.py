@@ -517,3 +517,25 @@ def test_tiled_checkpoint(tmp_path, rng, capsys, shared_dir):
     assert code == 2 and "--overlap: expected less than --tile=16, got 16" in err
     code, _, err = run(capsys, "denoise", noisy, "-o", tmp_path / "b.png", "--method", ckpt, "--tile", 0)
     assert code == 2 and "expected a positive integer, got 0" in err
+
+
+def test_stream_frames(tmp_path, rng, capsys, shared_dir):
+    """--stream: a folder of frames through StreamDenoiser (on the CPU: eager, channels_last)
+    writes what the per-file path writes (within a level: another memory format); classical
+    methods, noise-level models and --tile are usage errors."""
+    ckpt = shared_dir / "checkpoints" / "dncnn_25.pth"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(3):
+        write_image(frames / f"{k:03d}.png", make_pair(rng, h=36, w=44)[1])
+    assert run(capsys, "denoise", frames, "-o", tmp_path / "plain", "--method", ckpt)[0] == 0
+    code, out, err = run(capsys, "denoise", frames, "-o", tmp_path / "streamed", "--method", ckpt, "--stream")
+    assert code == 0, err
+    for k in range(3):
+        a = read_pixels(tmp_path / "plain" / f"{k:03d}.png").astype(int)
+        b = read_pixels(tmp_path / "streamed" / f"{k:03d}.png").astype(int)
+        assert np.abs(a - b).max() <= 1
+    code, _, err = run(capsys, "denoise", frames, "-o", tmp_path / "x", "--stream")
+    assert code == 2 and "--stream: runs a blind checkpoint's model" in err
+    code, _, err = run(capsys, "denoise", frames, "-o", tmp_path / "x", "--stream", "--method", ckpt, "--tile", 32)
+    assert code == 2 and "not with --tile" in err
