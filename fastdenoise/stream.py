@@ -221,8 +221,9 @@ class _Slot:
                 self.dev_in.copy_(self.host_in, non_blocking=True)
                 self.uploaded.record(o._h2d)
         else:
+            caller = torch.cuda.current_stream(o.device)      # where the frame was produced
             with torch.cuda.stream(o._h2d):
-                o._h2d.wait_stream(torch.cuda.current_stream(o.device))   # the frame is ready
+                o._h2d.wait_stream(caller)                     # the frame is ready
                 o._h2d.wait_event(self.computed)
                 self.dev_in.copy_(frame, non_blocking=True)
                 self.uploaded.record(o._h2d)
