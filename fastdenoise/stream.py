@@ -226,6 +226,7 @@ class _Slot:
                 o._h2d.wait_stream(caller)                     # the frame is ready
                 o._h2d.wait_event(self.computed)
                 self.dev_in.copy_(frame, non_blocking=True)
+                frame.record_stream(o._h2d)                    # read here: not freed before
                 self.uploaded.record(o._h2d)
         with torch.cuda.stream(o._compute):
             o._compute.wait_event(self.uploaded)
