@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from typing import Optional
+from types import ModuleType
+from typing import Callable, Optional
 
 import torch
 
@@ -99,3 +100,33 @@ def resolve(op: str, x: torch.Tensor, backend: Optional[str], *, triton_op: bool
         raise DeviceError(f"backend='triton': expected a tensor on cuda (or on cpu with "
                           f"TRITON_INTERPRET=1), got {x.device}")
     return backend
+
+
+def lazy_module(name: str, setup: Optional[Callable[[ModuleType], None]] = None) -> Callable[[], ModuleType]:
+    """``get()``: the module ``name``, imported on the first call, when ``setup(module)`` runs
+    too (e.g. registering the autograd of its ops). For the optional Triton backends: importing
+    them needs triton, so it waits until a Triton kernel is asked for.
+
+    Under ``torch.compile`` the import runs at trace time instead of being traced (the loader is
+    marked constant: what ``torch.compiler.assume_constant_result`` does, without importing
+    ``torch._dynamo`` here), so the first call may come from a compiled function. ``get.reset()``
+    forgets the module (tests: the next call imports and sets it up again).
+    """
+    cache: list = []
+
+    def load() -> bool:
+        if not cache:
+            module = importlib.import_module(name)
+            if setup is not None:
+                setup(module)
+            cache.append(module)
+        return True
+
+    load._dynamo_marked_constant = True
+
+    def get() -> ModuleType:
+        load()
+        return cache[0]
+
+    get.reset = cache.clear
+    return get

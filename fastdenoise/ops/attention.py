@@ -194,23 +194,5 @@ def simplified_channel_attention(x: torch.Tensor, w: torch.Tensor, b: Optional[t
     return t.scale(x, a, None, pre)
 
 
-_triton_ca = None
-
-
-def _load_triton() -> bool:
-    global _triton_ca
-    if _triton_ca is None:
-        from ..triton import attention as ta
-        ta.register_autograd()
-        _triton_ca = ta
-    return True
-
-
-# torch.compile runs _load_triton() at trace time instead of tracing it (see ops/haar.py).
-_load_triton._dynamo_marked_constant = True
-
-
-def _triton():
-    """:mod:`fastdenoise.triton.attention`, imported on first use (triton is optional)."""
-    _load_triton()
-    return _triton_ca
+#: :mod:`fastdenoise.triton.attention`, imported on first use (triton is optional; _dispatch.lazy_module)
+_triton = _dispatch.lazy_module("fastdenoise.triton.attention", lambda m: m.register_autograd())

@@ -81,23 +81,5 @@ def dwconv_gate(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     return dwconv_gate_reference(x, weight, bias)
 
 
-_triton_dwg = None
-
-
-def _load_triton() -> bool:
-    global _triton_dwg
-    if _triton_dwg is None:
-        from ..triton import dwconv_gate as tdg
-        tdg.register_autograd(dwconv_gate_reference)
-        _triton_dwg = tdg
-    return True
-
-
-# torch.compile runs _load_triton() at trace time instead of tracing it (see ops/haar.py).
-_load_triton._dynamo_marked_constant = True
-
-
-def _triton():
-    """:mod:`fastdenoise.triton.dwconv_gate`, imported on first use (triton is optional)."""
-    _load_triton()
-    return _triton_dwg
+#: :mod:`fastdenoise.triton.dwconv_gate`, imported on first use (triton is optional; _dispatch.lazy_module)
+_triton = _dispatch.lazy_module("fastdenoise.triton.dwconv_gate", lambda m: m.register_autograd(dwconv_gate_reference))

@@ -53,23 +53,5 @@ def gelu_gate(x: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor
     return _gate(x, True, backend)
 
 
-_triton_gate = None
-
-
-def _load_triton() -> bool:
-    global _triton_gate
-    if _triton_gate is None:
-        from ..triton import gate as tg
-        tg.register_autograd(gate_reference)
-        _triton_gate = tg
-    return True
-
-
-# torch.compile runs _load_triton() at trace time instead of tracing it (see ops/haar.py).
-_load_triton._dynamo_marked_constant = True
-
-
-def _triton():
-    """:mod:`fastdenoise.triton.gate`, imported on first use (triton is optional)."""
-    _load_triton()
-    return _triton_gate
+#: :mod:`fastdenoise.triton.gate`, imported on first use (triton is optional; _dispatch.lazy_module)
+_triton = _dispatch.lazy_module("fastdenoise.triton.gate", lambda m: m.register_autograd(gate_reference))

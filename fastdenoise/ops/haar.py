@@ -182,29 +182,11 @@ def register_op_extras(dwt_op, idwt_op, dwt_name: str, idwt_name: str, fake: boo
     torch.library.register_autograd(idwt_name, idwt_backward, setup_context=_setup_context)
 
 
-_triton_haar = None
-
-
-def _load_triton() -> bool:
-    global _triton_haar
-    if _triton_haar is None:
-        from ..triton import haar as th
-        register_op_extras(th.DWT_OP, th.IDWT_OP, th.DWT_NAME, th.IDWT_NAME, fake=False)
-        _triton_haar = th
-    return True
-
-
-# torch.compile runs _load_triton() at trace time instead of tracing it (what
-# torch.compiler.assume_constant_result does, without importing torch._dynamo here), so the
-# first call may come from a compiled function.
-_load_triton._dynamo_marked_constant = True
-
-
-def _triton():
-    """The Triton backend, :mod:`fastdenoise.triton.haar`, imported on first use (triton is
-    optional); the first call also registers autograd for its two ops."""
-    _load_triton()
-    return _triton_haar
+#: :mod:`fastdenoise.triton.haar`, imported on first use (triton is optional); the first call
+#: also registers autograd for its two ops (see _dispatch.lazy_module)
+_triton = _dispatch.lazy_module(
+    "fastdenoise.triton.haar",
+    lambda th: register_op_extras(th.DWT_OP, th.IDWT_OP, th.DWT_NAME, th.IDWT_NAME, fake=False))
 
 
 if _ext.extension() is not None and "fastdenoise::haar_dwt2d" in _ext.build_info()["ops"]:

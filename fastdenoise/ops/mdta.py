@@ -209,23 +209,5 @@ def transposed_attention(qkv: torch.Tensor, temperature: torch.Tensor, num_heads
     return apply_attention(project_attention(attn, w), qkv, bias, c, residual)
 
 
-_triton_mdta = None
-
-
-def _load_triton() -> bool:
-    global _triton_mdta
-    if _triton_mdta is None:
-        from ..triton import mdta as tm
-        tm.register_autograd()
-        _triton_mdta = tm
-    return True
-
-
-# torch.compile runs _load_triton() at trace time instead of tracing it (see ops/haar.py).
-_load_triton._dynamo_marked_constant = True
-
-
-def _triton():
-    """:mod:`fastdenoise.triton.mdta`, imported on first use (triton is optional)."""
-    _load_triton()
-    return _triton_mdta
+#: :mod:`fastdenoise.triton.mdta`, imported on first use (triton is optional; _dispatch.lazy_module)
+_triton = _dispatch.lazy_module("fastdenoise.triton.mdta", lambda m: m.register_autograd())

@@ -95,23 +95,5 @@ def layer_norm2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     return layer_norm2d_reference(x, weight, bias, eps, bias_free)
 
 
-_triton_norm = None
-
-
-def _load_triton() -> bool:
-    global _triton_norm
-    if _triton_norm is None:
-        from ..triton import norm as tn
-        tn.register_autograd(layer_norm2d_reference)
-        _triton_norm = tn
-    return True
-
-
-# torch.compile runs _load_triton() at trace time instead of tracing it (see ops/haar.py).
-_load_triton._dynamo_marked_constant = True
-
-
-def _triton():
-    """:mod:`fastdenoise.triton.norm`, imported on first use (triton is optional)."""
-    _load_triton()
-    return _triton_norm
+#: :mod:`fastdenoise.triton.norm`, imported on first use (triton is optional; _dispatch.lazy_module)
+_triton = _dispatch.lazy_module("fastdenoise.triton.norm", lambda m: m.register_autograd(layer_norm2d_reference))

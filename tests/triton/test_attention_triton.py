@@ -97,7 +97,7 @@ def test_bfloat16_on_gpu(layout):
 @pytest.mark.cuda
 def test_opcheck_and_compile_on_gpu():
     x = torch.randn(2, 16, 9, 13, device="cuda")
-    A._load_triton()
+    A._triton()
     a = torch.rand(2, 16, device="cuda")
     torch.library.opcheck(torch.ops.fastdenoise.ca_pool_triton.default, (x, 2))
     torch.library.opcheck(torch.ops.fastdenoise.ca_scale_triton.default, (x, a, x, 0))

@@ -144,7 +144,7 @@ def test_bfloat16_and_large_on_gpu(layout):
 def test_opcheck_and_compile_on_gpu():
     x = torch.randn(2, 16, 9, 13, device="cuda")
     w, b = torch.randn(16, 1, 3, 3, device="cuda"), torch.randn(16, device="cuda")
-    D._load_triton()
+    D._triton()
     op = torch.ops.fastdenoise.dwconv_gate_triton.default
     torch.library.opcheck(op, (x, w, b))
     torch.library.opcheck(op, (x.contiguous(memory_format=torch.channels_last), w, None))

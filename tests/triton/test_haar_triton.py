@@ -331,10 +331,10 @@ def test_opcheck_cuda(layout, dtype):
 @pytest.mark.cuda
 @needs_compiled_triton
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_compile_fullgraph_cuda(layout, monkeypatch):
+def test_compile_fullgraph_cuda(layout):
     # Start from a backend that was never loaded, so the compiled function makes the first call
     # (the import and the autograd registration must not break the graph).
-    monkeypatch.setattr(H, "_triton_haar", None)
+    H._triton.reset()
     torch._dynamo.reset()
 
     def f(x):

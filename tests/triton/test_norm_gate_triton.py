@@ -108,8 +108,8 @@ def test_bfloat16_on_gpu(layout):
 def test_opcheck_and_compile_on_gpu():
     x = torch.randn(2, 16, 9, 13, device="cuda")
     w, b = torch.randn(16, device="cuda"), torch.randn(16, device="cuda")
-    N._load_triton()
-    G._load_triton()
+    N._triton()
+    G._triton()
     torch.library.opcheck(torch.ops.fastdenoise.layer_norm2d_triton.default, (x, w, b, 1e-6, False))
     torch.library.opcheck(torch.ops.fastdenoise.layer_norm2d_triton.default, (x, w, None, 1e-5, True))
     torch.library.opcheck(torch.ops.fastdenoise.gate_triton.default, (x, True))
