@@ -44,12 +44,11 @@ small shape per kind (a smoke run).
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from bench_models import no_tf32, rel_err
 from conftest import compile_enabled, fresh_compile, make_generator
 
 from fastdenoise import nn as fnn
@@ -103,17 +102,6 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("case, contender", cases, ids=ids)
 
 
-@contextlib.contextmanager
-def no_tf32():
-    """Exact float32 matmuls and convolutions (for the correctness checks)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def _pick(contender: str, eager, fused, pytestconfig):
     if contender == "eager":
         return eager
@@ -127,11 +115,6 @@ def _pick(contender: str, eager, fused, pytestconfig):
 def _release(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    o, r = out.double(), ref.double()
-    return (torch.linalg.vector_norm(o - r) / torch.linalg.vector_norm(r).clamp_min(1e-30)).item()
 
 
 def test_dwconv_gate(case, contender, bench, device, pytestconfig):

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench_models import rel_err
 from conftest import make_generator
 
 import fastdenoise
@@ -84,11 +85,6 @@ def _dtype(device):
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30)).item()
-
-
 def test_tiled(tcase, bench, device):
     name, shape, contender = tcase
     dtype = _dtype(device)
@@ -100,7 +96,7 @@ def test_tiled(tcase, bench, device):
     with torch.inference_mode():
         out = fn(x)
         if contender == "fused":
-            err = _rel(out, model(x))
+            err = rel_err(out, model(x))
             assert err < 1e-2, f"{group}: tiled vs untiled relative difference {err:.3e}"
         del out
     if device.type == "cuda":
@@ -129,7 +125,7 @@ def test_huge(tcase, bench, device):
     with torch.inference_mode():
         y = t(x[:, :, :200, :300])                                                  # a crop: the gate
         want = model(x[:, :, :200, :300].to(device=device, dtype=dtype)).float().cpu()
-        assert y.device.type == "cpu" and _rel(y, want) < 1e-2
+        assert y.device.type == "cpu" and rel_err(y, want) < 1e-2
     bench(run, group=group, contender=contender, kind="model", rounds=2 if device.type == "cuda" else None,
           extra={"model": name, "shape": list(shape), "megapixels": shape[-2] * shape[-1] / 1e6,
                  "tile": t.tile, "overlap": t.overlap})
