@@ -505,7 +505,7 @@ def _apply(method: Method, x: torch.Tensor, sigma, args, result) -> torch.Tensor
         return method.streams[key](x[0])[None]
     try:
         return method.run(x, sigma)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         if x.device.type != "cuda":
             raise
         torch.cuda.empty_cache()

@@ -254,7 +254,7 @@ class TiledModel(nn.Module):
         while True:
             try:
                 return self._run(x, args, (dev, mdtype), tile, batch)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 if dev.type != "cuda":
                     raise
                 torch.cuda.empty_cache()

@@ -176,8 +176,8 @@ def test_bad_arguments():
 
 def test_out_of_memory_on_cpu_is_not_retried(monkeypatch):
     t = fastdenoise.tiled(DnCNN(nc=4, nb=2), tile=8)
-    monkeypatch.setattr(t, "_run", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("boom")))
-    with pytest.raises(torch.OutOfMemoryError):
+    monkeypatch.setattr(t, "_run", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("boom")))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
         t(torch.rand(1, 1, 8, 8))
 
 
@@ -205,7 +205,7 @@ def test_gpu_out_of_memory_halves_the_batch(monkeypatch):
     def flaky(x, args, where, tile, batch):
         calls.append((tile, batch))
         if batch > 2:
-            raise torch.OutOfMemoryError("simulated")
+            raise torch.cuda.OutOfMemoryError("simulated")
         return real(x, args, where, tile, batch)
 
     monkeypatch.setattr(t, "_run", flaky)
