@@ -240,9 +240,8 @@ class _Walk:
             if child is None:
                 continue
             path = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, FUSED_TYPES):
-                if id(child) not in {id(t) for t in self.done.values()}:
-                    self.report.already_fused.append(path)
+            if isinstance(child, FUSED_TYPES):          # a twin from before this call
+                self.report.already_fused.append(path)
                 continue
             twin = self.twin_for(child, path)
             if twin is not None:
