@@ -92,11 +92,11 @@ def check_model_input(model: torch.nn.Module, x, channels: int, why: str) -> Non
     if ref is None:
         return
     check_same_device("x", x, "the model's parameters", ref)
-    if not _autocast_enabled(x.device.type):
+    if not autocast_enabled(x.device.type):
         check_like("x", x, "the model's parameters", ref)
 
 
-def _autocast_enabled(device_type: str) -> bool:
+def autocast_enabled(device_type: str) -> bool:
     try:
         return torch.is_autocast_enabled(device_type)
     except RuntimeError:        # a device type autocast does not know (meta, ...)

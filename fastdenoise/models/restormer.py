@@ -278,9 +278,11 @@ class Restormer(nn.Module):
     the width (``dim * 2**i``, and ``2 * dim`` for ``decoder_level1`` / ``refinement``) must be
     a multiple of its heads, and ``dim`` must be even (PixelUnshuffle after halving it); a
     ValueError says otherwise (the official fails in the forward). ``fused`` (keyword-only,
-    default True): every :class:`LayerNorm` computes with :func:`fastdenoise.ops.layer_norm2d`;
-    False: in plain PyTorch exactly as the official. Attention and feed-forward are plain
-    PyTorch either way.
+    default True): every block is :class:`fastdenoise.nn.TransformerBlock` (LayerNorm, MDTA and
+    GDFN on the fused ops, the same parameters and keys); False: in plain PyTorch exactly as
+    the official. ``fuse_input`` (keyword-only, default False, needs ``fused``): the blocks'
+    1x1 + depthwise 3x3 input stages run as one :func:`fastdenoise.ops.pointwise_dwconv`
+    (:func:`fastdenoise.nn.set_fuse_input`).
 
     ``forward(x)``: ``x`` (B, inp_channels, H, W) in ``[0, 1]``, any H and W, on the model's
     device and dtype. Sizes that are not multiples of 8 are padded at the bottom / right by
@@ -295,8 +297,11 @@ class Restormer(nn.Module):
     def __init__(self, inp_channels: int = 3, out_channels: int = 3, dim: int = 48,
                  num_blocks: Sequence[int] = (4, 6, 6, 8), num_refinement_blocks: int = 4,
                  heads: Sequence[int] = (1, 2, 4, 8), ffn_expansion_factor: float = 2.66, bias: bool = False,
-                 LayerNorm_type: str = "WithBias", dual_pixel_task: bool = False, *, fused: bool = True):
+                 LayerNorm_type: str = "WithBias", dual_pixel_task: bool = False, *, fused: bool = True,
+                 fuse_input: bool = False):
         super().__init__()
+        if fuse_input and not fused:
+            raise ValueError("fuse_input: True needs fused=True (the plain blocks have no fused input stage)")
         num_blocks, heads = [int(n) for n in num_blocks], [int(h) for h in heads]
         _check_config(dim, num_blocks, num_refinement_blocks, heads)
         self.inp_channels, self.out_channels, self.dim = inp_channels, out_channels, dim
@@ -336,6 +341,7 @@ class Restormer(nn.Module):
         self.output = nn.Conv2d(d2, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
         if self.fused:      # after building: the same initialisation as the plain model
             swap_children(self, TransformerBlock, fused_blocks.TransformerBlock.from_module)
+            fused_blocks.set_fuse_input(self, bool(fuse_input))
 
     def _run(self, img: torch.Tensor) -> torch.Tensor:
         """The official forward, on H and W multiples of 8."""

@@ -9,6 +9,10 @@ Official: ``hidden = int(dim * ffn_expansion_factor)``; ``y = dwconv(project_in(
 convolution and the gate in one op: Triton on CUDA tensors, the plain PyTorch reference on the
 CPU) -> ``project_out``, over horizontal bands of rows, so the (B, 2 hidden, H, W) tensor --
 about 5.3x the input with Restormer's factor 2.66 -- never exists for the whole image at once.
+With ``fuse_input=True``, ``project_in``, the depthwise convolution and the gate are one
+:func:`fastdenoise.ops.pointwise_dwconv` (``gate=True``): the 2 hidden-channel tensor never
+exists at all, only the gated hidden one, still in bands. Off by default until GPU measurements
+say where it pays; not under autocast (the official convolutions then run in autocast's dtype).
 
 Row chunks: for output rows ``[r0, r1)`` the input rows ``[r0 - 1, r1 + 1)`` clipped to the
 image go through ``project_in`` (a 1x1 convolution: per pixel, so a band of rows gives exactly
@@ -17,11 +21,12 @@ padding is the official padding, and at a band's inner edges the extra row is re
 band's interior rows equal the full computation's. Those rows go through ``project_out`` into a
 preallocated output in the input's memory format.
 
-Chunk height (:func:`chunk_rows_for`): the band's 2 hidden-channel tensor, halo rows included,
-is kept at most ``max(input bytes, 16 MiB)`` -- the input's size, or 16 MiB when the input is
-smaller -- so ``rows = floor(budget / (B * 2 hidden * W * itemsize)) - 2``, at least 8 rows (the
-two halo rows per band then cost at most 25 % extra ``project_in`` work); one band when that
-covers the image (small images: no halo work at all). ``chunk_rows`` forces the band height.
+Chunk height (:func:`chunk_rows_for`): the band's widest tensor (2 hidden channels; hidden with
+``fuse_input``), halo rows included, is kept at most ``max(input bytes, 16 MiB)`` -- the input's
+size, or 16 MiB when the input is smaller -- so ``rows = floor(budget / (B * channels * W *
+itemsize)) - 2``, at least 8 rows (the two halo rows per band then cost at most 25 % extra
+``project_in`` work); one band when that covers the image (small images: no halo work at all).
+``chunk_rows`` forces the band height.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._checks import check_channels, check_tensor, memory_format_of
+from .._checks import autocast_enabled, check_channels, check_tensor, memory_format_of
 from ..ops.dwconv_gate import dwconv_gate
+from ..ops.pwdw import pointwise_dwconv
 
 __all__ = ["GDFN", "chunk_rows_for"]
 
@@ -42,13 +48,14 @@ MIN_CHUNK_BYTES = 16 << 20
 MIN_CHUNK_ROWS = 8
 
 
-def chunk_rows_for(x: torch.Tensor, hidden2: int) -> int:
-    """Output rows per band for input ``x`` (B, dim, H, W) and ``hidden2`` = 2 hidden channels:
-    the band's ``hidden2``-channel tensor (2 halo rows included) fits in ``max(x's bytes,
-    MIN_CHUNK_BYTES)``, with at least ``MIN_CHUNK_ROWS`` rows, and at most H (one band)."""
+def chunk_rows_for(x: torch.Tensor, channels: int) -> int:
+    """Output rows per band for input ``x`` (B, dim, H, W) when the band's widest tensor has
+    ``channels`` channels (2 hidden; hidden with ``fuse_input``): that tensor (2 halo rows
+    included) fits in ``max(x's bytes, MIN_CHUNK_BYTES)``, with at least ``MIN_CHUNK_ROWS``
+    rows, and at most H (one band)."""
     bsz, _, h, w = x.shape
     budget = max(x.numel() * x.element_size(), MIN_CHUNK_BYTES)
-    per_row = max(1, bsz * hidden2 * w * x.element_size())
+    per_row = max(1, bsz * channels * w * x.element_size())
     rows = budget // per_row - 2
     return int(min(h, max(MIN_CHUNK_ROWS, rows)))
 
@@ -68,9 +75,12 @@ class GDFN(nn.Module):
     """Restormer's ``FeedForward(dim, ffn_expansion_factor, bias)`` with the official submodules
     ``project_in``, ``dwconv``, ``project_out``, fused and computed in row bands (see the module
     docstring). ``chunk_rows`` (keyword-only, also an attribute): output rows per band, None for
-    the automatic choice of :func:`chunk_rows_for`."""
+    the automatic choice of :func:`chunk_rows_for`. ``fuse_input`` (keyword-only, also an
+    attribute): ``project_in``, ``dwconv`` and the gate as one
+    :func:`fastdenoise.ops.pointwise_dwconv`."""
 
-    def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool, *, chunk_rows: Optional[int] = None):
+    def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool, *, chunk_rows: Optional[int] = None,
+                 fuse_input: bool = False):
         super().__init__()
         hidden = int(dim * ffn_expansion_factor)
         self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
@@ -78,9 +88,10 @@ class GDFN(nn.Module):
                                 bias=bias)
         self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
         self.chunk_rows = chunk_rows
+        self.fuse_input = bool(fuse_input)
 
     @classmethod
-    def from_module(cls, m: nn.Module, *, chunk_rows: Optional[int] = None) -> "GDFN":
+    def from_module(cls, m: nn.Module, *, chunk_rows: Optional[int] = None, fuse_input: bool = False) -> "GDFN":
         """A fused twin sharing ``m``'s submodules (the same objects, registered in ``m``'s
         order). ``m`` must have ``project_in`` (1x1 conv dim -> 2h), ``dwconv`` (depthwise 3x3
         conv, padding 1, stride 1, groups 2h) and ``project_out`` (1x1 conv h -> dim); raises
@@ -103,25 +114,33 @@ class GDFN(nn.Module):
         for name, child in m._modules.items():
             new.add_module(name, child)
         new.chunk_rows = chunk_rows
+        new.fuse_input = bool(fuse_input)
         new.train(m.training)
         return new
+
+    def _gated(self, x: torch.Tensor, fuse: bool) -> torch.Tensor:
+        """gelu(x1) * x2 of ``dwconv(project_in(x))`` for a band of rows."""
+        pin, dw = self.project_in, self.dwconv
+        if fuse:
+            return pointwise_dwconv(x, pin.weight, dw.weight, pin.bias, dw.bias, gate=True)
+        return dwconv_gate(pin(x), dw.weight, dw.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("x", x)
         check_channels("x", x, self.project_in.in_channels, "GDFN's dim")
         h = x.shape[2]
-        hidden2 = self.dwconv.in_channels
-        rows = self.chunk_rows if self.chunk_rows is not None else chunk_rows_for(x, hidden2)
+        fuse = self.fuse_input and not autocast_enabled(x.device.type)
+        widest = self.dwconv.in_channels // (2 if fuse else 1)
+        rows = self.chunk_rows if self.chunk_rows is not None else chunk_rows_for(x, widest)
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ValueError(f"chunk_rows: expected a positive int or None, got {rows!r}")
-        dw = self.dwconv
         if rows >= h:                                # one band: the image itself
-            return self.project_out(dwconv_gate(self.project_in(x), dw.weight, dw.bias))
+            return self.project_out(self._gated(x, fuse))
         out = None
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             a, e = max(0, r0 - 1), min(h, r1 + 1)    # input rows with the halo, clipped
-            z = dwconv_gate(self.project_in(x[:, :, a:e]), dw.weight, dw.bias)
+            z = self._gated(x[:, :, a:e], fuse)
             y = self.project_out(z[:, :, r0 - a:r0 - a + (r1 - r0)])
             if out is None:
                 out = torch.empty((x.shape[0], y.shape[1], h, x.shape[3]), dtype=y.dtype, device=y.device,
@@ -130,4 +149,6 @@ class GDFN(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"chunk_rows={self.chunk_rows}" if self.chunk_rows is not None else ""
+        parts = ([f"chunk_rows={self.chunk_rows}"] if self.chunk_rows is not None else []) + \
+            (["fuse_input=True"] if self.fuse_input else [])
+        return ", ".join(parts)

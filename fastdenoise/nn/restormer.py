@@ -2,7 +2,9 @@
 names, the same maths, computed with the fused ops of :mod:`fastdenoise.ops`.
 
 * :class:`MDTA` -- ``Attention(dim, num_heads, bias)``: ``qkv`` and ``qkv_dwconv`` as they are
-  (cuDNN), then :func:`fastdenoise.ops.transposed_attention` -- the Gram pass, the d x d
+  (cuDNN), or with ``fuse_input=True`` as one :func:`fastdenoise.ops.pointwise_dwconv` (the
+  3C-channel 1x1 output never stored; off by default until GPU measurements say where it
+  pays), then :func:`fastdenoise.ops.transposed_attention` -- the Gram pass, the d x d
   softmax and ``project_out`` folded into one C x C matrix per image applied to v; normalised
   q / k and the attended tensor are never stored.
 * :class:`RestormerLayerNorm` -- ``LayerNorm(dim, LayerNorm_type)`` (``body`` a
@@ -22,11 +24,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import layer_norm2d, transposed_attention
+from .._checks import autocast_enabled
+from ..ops import layer_norm2d, pointwise_dwconv, transposed_attention
 from ..ops.norm import RESTORMER_EPS
 from .gdfn import GDFN
 
-__all__ = ["MDTA", "RestormerLayerNorm", "TransformerBlock"]
+__all__ = ["MDTA", "RestormerLayerNorm", "TransformerBlock", "set_fuse_input"]
+
+
+def set_fuse_input(model: nn.Module, enabled: bool = True) -> int:
+    """Sets ``fuse_input`` on every :class:`MDTA` and :class:`~fastdenoise.nn.GDFN` in
+    ``model`` (itself included): their 1x1 + depthwise 3x3 input stage then runs as one
+    :func:`fastdenoise.ops.pointwise_dwconv`. Returns how many modules were set."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    count = 0
+    for m in model.modules():
+        if isinstance(m, (MDTA, GDFN)):
+            m.fuse_input = enabled
+            count += 1
+    return count
 
 
 def _copy_children(new: nn.Module, m: nn.Module, replace=None) -> None:
@@ -53,13 +70,17 @@ def _conv(where: str, conv, cin: int, cout: int, k: int, groups: int = 1) -> nn.
 
 class MDTA(nn.Module):
     """Restormer's ``Attention(dim, num_heads, bias)`` (``temperature`` (heads, 1, 1), ``qkv``,
-    ``qkv_dwconv``, ``project_out``), fused (see the module docstring)."""
+    ``qkv_dwconv``, ``project_out``), fused (see the module docstring). ``fuse_input``
+    (keyword-only, also an attribute): compute ``qkv_dwconv(qkv(x))`` as one
+    :func:`fastdenoise.ops.pointwise_dwconv` (not under autocast, where the two convolutions
+    run in autocast's dtype as the official do)."""
 
-    def __init__(self, dim: int, num_heads: int, bias: bool):
+    def __init__(self, dim: int, num_heads: int, bias: bool, *, fuse_input: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"num_heads: expected a divisor of dim={dim}, got {num_heads}")
         self.num_heads = num_heads
+        self.fuse_input = bool(fuse_input)
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, stride=1, padding=1, groups=dim * 3, bias=bias)
@@ -67,7 +88,11 @@ class MDTA(nn.Module):
 
     def attend(self, x: torch.Tensor, residual=None) -> torch.Tensor:
         """The block's output (+ ``residual``, added in the final product)."""
-        qkv = self.qkv_dwconv(self.qkv(x))
+        if self.fuse_input and not autocast_enabled(x.device.type):
+            pw, dw = self.qkv, self.qkv_dwconv
+            qkv = pointwise_dwconv(x, pw.weight, dw.weight, pw.bias, dw.bias)
+        else:
+            qkv = self.qkv_dwconv(self.qkv(x))
         return transposed_attention(qkv, self.temperature, self.num_heads, self.project_out.weight,
                                     self.project_out.bias, residual=residual)
 
@@ -75,7 +100,7 @@ class MDTA(nn.Module):
         return self.attend(x)
 
     @classmethod
-    def from_module(cls, m: nn.Module) -> "MDTA":
+    def from_module(cls, m: nn.Module, *, fuse_input: bool = False) -> "MDTA":
         """A twin sharing ``m.temperature``, ``m.qkv``, ``m.qkv_dwconv`` and ``m.project_out``."""
         name = type(m).__name__
         t = getattr(m, "temperature", None)
@@ -97,11 +122,12 @@ class MDTA(nn.Module):
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.num_heads = int(heads)
+        new.fuse_input = bool(fuse_input)
         _copy_children(new, m)
         return new
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}"
+        return f"num_heads={self.num_heads}" + (", fuse_input=True" if self.fuse_input else "")
 
 
 class RestormerLayerNorm(nn.Module):

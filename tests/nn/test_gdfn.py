@@ -59,9 +59,11 @@ def test_from_module_shares_submodules():
 @pytest.mark.parametrize("dim, bias", [(8, True), (12, False), (8, False)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("chunk_rows", [1, 2, 3, 4, 10, 11, None, 100])
-def test_bands_equal_the_plain_module(dim, bias, layout, chunk_rows):
+@pytest.mark.parametrize("fuse_input", [False, True])
+def test_bands_equal_the_plain_module(dim, bias, layout, chunk_rows, fuse_input):
     ref = _randomise(FeedForward(dim, 2.66, bias), 2)
-    fused = fnn.GDFN.from_module(ref, chunk_rows=chunk_rows)
+    fused = fnn.GDFN.from_module(ref, chunk_rows=chunk_rows, fuse_input=fuse_input)
+    assert fused.fuse_input is fuse_input
     x = _x((2, dim, 11, 7), layout, 3)
     with torch.no_grad():
         want = ref(x)
@@ -82,6 +84,42 @@ def test_edge_shapes(shape, rows):
     x = _x(shape, "nchw", 5)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_input_stage_calls_the_op_per_band(monkeypatch):
+    """With fuse_input the bands go through ops.pointwise_dwconv (gate=True) on x's rows with
+    their halo, and the automatic band height budgets the hidden (not 2 hidden) channels."""
+    ref = _randomise(FeedForward(8, 2.66, True), 7)
+    calls = []
+    real = G.pointwise_dwconv
+
+    def spy(x, *args, **kw):
+        calls.append((x.shape[2], kw.get("gate")))
+        return real(x, *args, **kw)
+
+    monkeypatch.setattr(G, "pointwise_dwconv", spy)
+    x = _x((1, 8, 10, 6), "nchw", 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fnn.GDFN.from_module(ref, chunk_rows=4, fuse_input=True)(x), ref(x),
+                                   rtol=1e-5, atol=1e-5)
+    assert calls == [(5, True), (6, True), (3, True)]          # rows [0,5), [3,9), [7,10)
+    with torch.no_grad():
+        fnn.GDFN.from_module(ref, chunk_rows=4)(x)
+    assert len(calls) == 3                                      # fuse_input off: not called
+    big = torch.empty(2, 8, 1000, 700)
+    hidden = ref.project_out.in_channels
+    assert G.chunk_rows_for(big, hidden) > G.chunk_rows_for(big, 2 * hidden)
+
+
+def test_fused_input_stands_down_under_autocast():
+    ref = _randomise(FeedForward(8, 2.66, False), 9)
+    x = _x((1, 8, 6, 5), "nchw", 10)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = ref(x)
+        got = fnn.GDFN.from_module(ref, fuse_input=True)(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(got, fnn.GDFN.from_module(ref, fuse_input=False)(x))
 
 
 def test_built_module_and_float64_exact_to_rounding():

@@ -133,3 +133,38 @@ def test_model_builds_fused_blocks_by_default():
     kinds = {type(x) for x in m.modules()}
     assert fnn.TransformerBlock in kinds and plain.TransformerBlock not in kinds
     assert fnn.MDTA in kinds and fnn.GDFN in kinds and fnn.RestormerLayerNorm in kinds
+
+
+@pytest.mark.parametrize("dim, heads, bias", [(8, 1, False), (12, 3, True)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_mdta_fused_input_equals_plain(dim, heads, bias, layout):
+    ref = _randomise(plain.Attention(dim, heads, bias), dim + 1)
+    twin = fnn.MDTA.from_module(ref, fuse_input=True)
+    assert twin.fuse_input and not fnn.MDTA.from_module(ref).fuse_input
+    assert "fuse_input=True" in repr(twin)
+    x = _x(2, dim, 9, 7, layout, dim + 2)
+    with torch.no_grad():
+        got = twin(x)
+        assert got.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+        _close(got, ref(x))
+
+
+def test_set_fuse_input_and_the_model_switch():
+    cfg = dict(dim=4, num_blocks=[1, 2, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4])
+    torch.manual_seed(11)
+    ref = plain.Restormer(**cfg, fused=False).eval()
+    torch.manual_seed(11)
+    model = plain.Restormer(**cfg, fuse_input=True).eval()
+    flags = [m.fuse_input for m in model.modules() if isinstance(m, (fnn.MDTA, fnn.GDFN))]
+    assert len(flags) == 2 * (1 + 2 + 1 + 1 + 1 + 2 + 1 + 1) and all(flags)
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        _close(model(x), ref(x))
+        assert fnn.set_fuse_input(model, False) == len(flags)
+        _close(model(x), ref(x))
+    assert not any(m.fuse_input for m in model.modules() if isinstance(m, (fnn.MDTA, fnn.GDFN)))
+    assert fnn.set_fuse_input(nn.Sequential(nn.Conv2d(1, 1, 1))) == 0
+    with pytest.raises(TypeError, match="enabled: expected a bool, got int"):
+        fnn.set_fuse_input(model, 1)
+    with pytest.raises(ValueError, match="fuse_input: True needs fused=True"):
+        plain.Restormer(**cfg, fused=False, fuse_input=True)
