@@ -30,7 +30,8 @@ The launcher is the torch op ``fastdenoise::pointwise_dwconv_triton`` ``(Tensor 
 weight, Tensor dw_weight, Tensor? bias, Tensor? dw_bias, bool gate) -> Tensor``
 (``torch.library.triton_op``); its autograd recomputes the plain PyTorch reference.
 
-Block sizes (``_blocks``) are first choices, not tuned on a GPU yet.
+Block sizes (``_blocks``) are chosen so that the sm_90 build does not spill (see the constants);
+they are not tuned on a GPU yet.
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ from .._checks import memory_format_of
 __all__ = ["pointwise_dwconv", "POINTWISE_DWCONV_NAME", "register_autograd"]
 
 POINTWISE_DWCONV_NAME = "fastdenoise::pointwise_dwconv_triton"
+# Tile: 16 columns x 32 output channels (per half with the gate), 4 warps. Compiled for sm_90
+# by scripts/triton_aot_check.py (triton 3.9, ptxas -v): 106-236 registers and no spills in every
+# dtype / layout / gate case (8 bytes in the 64-bit-offset build), where 32 columns spilled with
+# the gate (up to 1 KB per thread in float32). Not timed on a GPU yet.
 _ROWS = 16            # output rows of a band
-_MAX_P = 32           # columns of a run
+_MAX_P = 16           # columns of a run
 _MAX_CO = 32          # output channels of a tile (per half with the gate)
 _MAX_CI = 64          # input channels of a dot's slice
 _NUM_WARPS = 4
