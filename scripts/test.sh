@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole CPU test run (what CI runs): set-up, the CPU tests, the Triton kernels under the
-# interpreter in their own process and compiled for sm_90 (no GPU: Triton's compiler and ptxas),
+# interpreter in their own process and compiled for sm_90 / sm_80 (no GPU: Triton and ptxas),
 # nvcc compile of every CUDA kernel file, the CMake build with ctest and the op-name comparison
 # of the two builds, and a smoke run of the benchmarks.
 # Every stage runs; the script fails if any stage failed (or collected no tests).
@@ -27,9 +27,9 @@ $PY -m fastdenoise.info
 
 stage "pytest (CPU)" $PY -m pytest tests -q --ignore=tests/triton -p no:cacheprovider
 stage "pytest (Triton interpreter)" env TRITON_INTERPRET=1 $PY -m pytest tests/triton -q -p no:cacheprovider
-# every Triton kernel compiled for sm_90 as its launchers launch it (the interpreter compiles
-# nothing); registers and spills from ptxas
-stage "Triton kernels compiled (sm_90)" env TRITON_DEFAULT_FP_FUSION=1 $PY scripts/triton_aot_check.py --arch 90
+# every Triton kernel compiled for sm_90 (H100 / H200) and sm_80 (A100) as its launchers launch
+# it (the interpreter compiles nothing); registers and spills from ptxas
+stage "Triton kernels compiled (sm_90, sm_80)" env TRITON_DEFAULT_FP_FUSION=1 $PY scripts/triton_aot_check.py --arch 90 80
 
 nvcc_all() {
   if ! command -v nvcc >/dev/null; then echo "nvcc not found: CUDA kernel compile skipped"; return 0; fi

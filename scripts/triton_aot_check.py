@@ -1,7 +1,7 @@
 """Compiles every Triton kernel of fastdenoise for a GPU that is not there (default sm_90: the
 H100 / H200), with exactly the arguments its launcher passes, and reports what ptxas made of it.
 
-    python scripts/triton_aot_check.py [--arch 90] [--markdown FILE]
+    python scripts/triton_aot_check.py [--arch 90 80 ...] [--markdown FILE]
 
 The Triton interpreter (``TRITON_INTERPRET=1``, what CI runs the kernels under) checks their
 arithmetic but compiles nothing: a kernel it accepts may still fail to compile for a GPU (a dot
@@ -101,7 +101,8 @@ def make_aot_run(arch: int, label_of):
         consts = {k: v for k, v in bound_args.items() if self.params[list(bound_args).index(k)].is_constexpr}
         dtypes = sorted({str(v.dtype).replace("torch.", "") for v in bound_args.values()
                          if isinstance(v, torch.Tensor)})
-        rec = {"kernel": self.__name__, "case": label_of(), "dtypes": "/".join(dtypes), "constexprs": consts,
+        rec = {"arch": arch, "kernel": self.__name__, "case": label_of(), "dtypes": "/".join(dtypes),
+               "constexprs": consts,
                "num_warps": options.num_warps, "num_stages": options.num_stages}
         t0 = time.perf_counter()
         try:
@@ -155,9 +156,11 @@ def cases():
                                                      ops.layer_norm2d(xc, wn, None, 1e-5, bias_free=True,
                                                                       backend="triton"))))
             # (every tensor is made here, not in the lambdas: a lambda would see the loop's last dtype)
-            qkv, temp = _t((2, 3 * 48, 10, 12), dtype, layout), torch.ones(2, 1, 1, dtype=dtype)
-            out.append((f"transposed_attention {tag}",
-                        lambda qkv=qkv, temp=temp: ops.transposed_attention(qkv, temp, 2, backend="triton")))
+            for c, heads in ((48, 1), (192, 2)):          # d = 48 and 96: the official configs' head widths
+                qkv, temp = _t((2, 3 * c, 10, 12), dtype, layout), torch.ones(heads, 1, 1, dtype=dtype)
+                out.append((f"transposed_attention d={c // heads} {tag}",
+                            lambda qkv=qkv, temp=temp, heads=heads: ops.transposed_attention(
+                                qkv, temp, heads, backend="triton")))
             xg, wg = _t((2, 2 * 127, 9, 13), dtype, layout), _t((254, 1, 3, 3), dtype)
             out.append((f"dwconv_gate {tag}", lambda xg=xg, wg=wg: ops.dwconv_gate(xg, wg, None, backend="triton")))
             xp = _t((2, 48, 20, 40), dtype, layout)
@@ -198,45 +201,53 @@ def _kernels() -> set:
     return names
 
 
-def _markdown(arch: int, seconds: float) -> str:
+def _markdown(arches, seconds: float) -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
     except OSError:
         commit = "unknown"
-    lines = [f"# Triton kernels compiled for sm_{arch} (no GPU: ptxas -v on the PTX)", "",
+    names = ", ".join(f"sm_{a}" for a in arches)
+    lines = [f"# Triton kernels compiled for {names} (no GPU: ptxas -v on the PTX)", "",
              f"{time.strftime('%Y-%m-%d')}, commit {commit}: triton {triton.__version__}, torch {torch.__version__}, "
-             f"ptxas `{os.path.basename(_ptxas(arch))}`; {len(RECORDS)} compilations in {seconds:.0f} s by "
+             f"ptxas `{os.path.basename(_ptxas(arches[0]))}`; {len(RECORDS)} compilations in {seconds:.0f} s by "
              "`scripts/triton_aot_check.py`. Registers, spills, stack and shared memory per thread block "
-             "are ptxas's; nothing here was run or timed.", "",
-             "| kernel | case | dtypes | regs | spill st / ld (B) | stack (B) | shared (B) | warps | constexprs |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in RECORDS:
-        consts = ", ".join(f"{k}={v}" for k, v in r["constexprs"].items())
-        if "error" in r:
-            lines.append(f"| {r['kernel']} | {r['case']} | {r['dtypes']} | FAILED: {r['error']} | | | | "
-                         f"{r['num_warps']} | {consts} |")
-            continue
-        lines.append(f"| {r['kernel']} | {r['case']} | {r['dtypes']} | {r['regs']} | {r['spill_st']} / "
-                     f"{r['spill_ld']} | {r['stack']} | {r['shared']} | {r['num_warps']} | {consts} |")
-    return "\n".join(lines) + "\n"
+             "are ptxas's; nothing here was run or timed.", ""]
+    for arch in arches:
+        lines += [f"## sm_{arch}", "",
+                  "| kernel | case | dtypes | regs | spill st / ld (B) | stack (B) | shared (B) | warps | constexprs |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in RECORDS:
+            if r["arch"] != arch:
+                continue
+            consts = ", ".join(f"{k}={v}" for k, v in r["constexprs"].items())
+            if "error" in r:
+                lines.append(f"| {r['kernel']} | {r['case']} | {r['dtypes']} | FAILED: {r['error']} | | | | "
+                             f"{r['num_warps']} | {consts} |")
+                continue
+            lines.append(f"| {r['kernel']} | {r['case']} | {r['dtypes']} | {r['regs']} | {r['spill_st']} / "
+                         f"{r['spill_ld']} | {r['stack']} | {r['shared']} | {r['num_warps']} | {consts} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90: H100 / H200)")
+    ap.add_argument("--arch", type=int, nargs="+", default=[90],
+                    help="compute capabilities x10 (default 90: H100 / H200; 80: A100, 89: L4 / RTX 40, ...)")
     ap.add_argument("--markdown", help="write the table to this file")
     args = ap.parse_args(argv)
 
     current = ["?"]
-    triton_jit.JITFunction.run = make_aot_run(args.arch, lambda: current[0])
     t0 = time.perf_counter()
-    for label, thunk in cases():
-        current[0] = label
-        try:
-            thunk()
-        except Exception:                     # a launcher broke before its kernel: report, go on
-            FAILURES.append({"kernel": "?", "case": label, "error": traceback.format_exc(limit=3)})
+    for arch in args.arch:
+        triton_jit.JITFunction.run = make_aot_run(arch, lambda: current[0])
+        for label, thunk in cases():
+            current[0] = label
+            try:
+                thunk()
+            except Exception:                 # a launcher broke before its kernel: report, go on
+                FAILURES.append({"kernel": "?", "case": f"sm_{arch} {label}", "error": traceback.format_exc(limit=3)})
     seconds = time.perf_counter() - t0
     table = _markdown(args.arch, seconds)
     print(table)
@@ -244,7 +255,7 @@ def main(argv=None) -> int:
         with open(args.markdown, "w") as f:
             f.write(table)
     missing = _kernels() - {r["kernel"] for r in RECORDS}
-    spilling = sorted({r["kernel"] for r in RECORDS if r.get("spill_st") or r.get("spill_ld")})
+    spilling = sorted({f"{r['kernel']} (sm_{r['arch']})" for r in RECORDS if r.get("spill_st") or r.get("spill_ld")})
     if spilling:
         print(f"note: spills in {', '.join(spilling)} (see the table)")
     if FAILURES or missing:
@@ -253,7 +264,8 @@ def main(argv=None) -> int:
         if missing:
             print(f"FAILED: never compiled (no case reaches them): {sorted(missing)}", file=sys.stderr)
         return 1
-    print(f"ok: {len(RECORDS)} compilations of {len(_kernels())} kernels for sm_{args.arch}")
+    print(f"ok: {len(RECORDS)} compilations of {len(_kernels())} kernels for "
+          f"{', '.join(f'sm_{a}' for a in args.arch)}")
     return 0
 
 

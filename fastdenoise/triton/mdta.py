@@ -31,6 +31,20 @@ GRAM_NAME = "fastdenoise::mdta_gram_triton"
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TARGET_PROGRAMS = 1024       # enough programs to fill an H100 / H200 a few times over
 _INT32_MAX = 2**31 - 1
+_NUM_WARPS = 8
+
+
+def _block_p(d_pad: int, dtype: torch.dtype) -> int:
+    """Pixels per tile: the [D_PAD, BLOCK_P] tiles of q and k take 4096 elements (at most 64
+    pixels), half that in float32 (its IEEE dot holds its operands in registers), at least 16
+    (the dot's minimum K). With 8 warps this is the choice that keeps the sm_90 and sm_80 builds
+    free of spills for d = 48 and 96 in every dtype and layout (scripts/triton_aot_check.py,
+    ptxas -v); the former 64 pixels and 4 warps at d = 48 spilled 1 KB per thread in float32 on
+    sm_80. Not timed on a GPU yet."""
+    block_p = min(64, 4096 // d_pad)
+    if dtype == torch.float32:
+        block_p //= 2
+    return max(16, block_p)
 
 
 @triton.jit
@@ -90,7 +104,7 @@ def _gram(qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor
     hw = h * w
     bh = b * num_heads
     d_pad = max(16, triton.next_power_of_2(d))
-    block_p = 64 if d_pad <= 64 else 32
+    block_p = _block_p(d_pad, qkv.dtype)
     n_split = max(1, min(triton.cdiv(_TARGET_PROGRAMS, bh), triton.cdiv(hw, block_p)))
     pix = triton.cdiv(triton.cdiv(hw, n_split), block_p) * block_p
     n_split = triton.cdiv(hw, pix)
@@ -102,7 +116,7 @@ def _gram(qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor
         qkv, g_part, sq_part, hw, d, c, num_heads, n_split, pix,
         qkv.stride(0), qkv.stride(1), qkv.stride(3),
         D_PAD=d_pad, BLOCK_P=block_p, INDEX64=index64, IEEE=qkv.dtype == torch.float32,
-        num_warps=4 if d_pad <= 64 else 8,
+        num_warps=_NUM_WARPS,
     )
     return g_part.sum(dim=1).reshape(b, num_heads, d, d), sq_part.sum(dim=1).reshape(b, num_heads, 2, d)
 
