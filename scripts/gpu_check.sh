@@ -11,7 +11,8 @@
 # --no-index -e .`, else `python setup.py build_ext --inplace`).
 #
 # Stages (each logs to OUTDIR/NN-name.log and adds a line to OUTDIR/summary.txt):
-#   nvidia-smi, build, info, tests (junit: OUTDIR/junit-tests.xml), triton (junit-triton.xml),
+#   nvidia-smi, build, info, tests (the @pytest.mark.cuda tests and tests/test_ext.py; junit:
+#   OUTDIR/junit-tests.xml, junit-ext.xml), triton (all of tests/triton on the GPU; junit-triton.xml),
 #   sanitizer, bench-haar (bench_haar.json), bench-models (bench_models.json), bench-classic
 #   (bench_classic.json: NLM, block matching, BM3D), bench-norm-gate (bench_norm_gate.json:
 #   layer norm over channels and the gates), bench-patch (bench_patch.json: NAFNet, MPRNet and
@@ -167,9 +168,12 @@ s_info() {
 }
 
 s_tests() {
-  # Everything but tests/triton (its own process, next stage); the CUDA tests run on the GPU.
-  "$PY" -m pytest tests -q -rs --ignore=tests/triton -p no:cacheprovider \
+  # The GPU tests (@pytest.mark.cuda) and the extension's load / build-info tests, not the rest:
+  # it runs on CPU tensors only, which CI covers on every change, and would spend lease time
+  # here. tests/triton runs in its own process (next stage).
+  "$PY" -m pytest tests -q -rs --ignore=tests/triton -p no:cacheprovider -m cuda \
     --junitxml="$OUTDIR/junit-tests.xml" --durations=15
+  "$PY" -m pytest tests/test_ext.py -q -rs -p no:cacheprovider --junitxml="$OUTDIR/junit-ext.xml"
 }
 
 s_triton() {
