@@ -75,6 +75,17 @@ def test_matches_reference(shape, layout, dtype, gate):
     _close(got, ref, dtype)
 
 
+@pytest.mark.parametrize("dtype, layout, gate", [(torch.float32, "nchw", True),
+                                                 (torch.float16, "channels_last", False)])
+def test_bands_runs_and_channel_tiles_cut_at_once(dtype, layout, gate):
+    """Two bands x two column runs x two (three without the gate) channel tiles in one launch,
+    each cut short: H = 17, W = 17, Cmid = 66 (the gate's halves: 33 channels)."""
+    x, wt, wd, b, bd = _args(1, 5, 66, 17, 17, dtype, seed=12)
+    x = _layout(x, layout)
+    _close(pointwise_dwconv(x, wt, wd, b, bd, gate=gate, backend="triton"),
+           pointwise_dwconv_reference(x, wt, wd, b, bd, gate=gate), dtype)
+
+
 @pytest.mark.parametrize("gate", [False, True])
 def test_without_biases_and_with_one(gate):
     x, wt, wd, b, bd = _args(2, 6, 10, 6, 5, torch.float32, seed=3)
