@@ -75,11 +75,32 @@ def _check(tiles, positions, out, weight_out, window):
     if not window.is_floating_point():
         raise DTypeError(f"window: expected a floating dtype, got {window.dtype}")
     check_same_device("window", window, "out", out)
+    # out and weight_out are accumulated in place: they may share no memory with each other or
+    # with what is read (the test the C++ / CUDA ops repeat, at::get_overlap_status)
+    for name, t, acc_name, acc in (("out", out, "weight_out", weight_out), ("tiles", tiles, "out", out),
+                                   ("tiles", tiles, "weight_out", weight_out), ("window", window, "out", out),
+                                   ("window", window, "weight_out", weight_out)):
+        if _shares_memory(t, acc):
+            raise ValueError(f"{name}: expected memory separate from {acc_name} (which is accumulated in "
+                             "place), got tensors that share memory")
     pos = positions.cpu()
     if n and (int(pos[:, 0].min()) < 0 or int(pos[:, 0].max()) >= b):
         bad = pos[:, 0][(pos[:, 0] < 0) | (pos[:, 0] >= b)][0]
         raise ValueError(f"positions: expected image indices in [0, {b}) (out has {b} images), got {int(bad)}")
     return pos
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may overlap in memory, as at::get_overlap_status decides (the C++
+    ops' test); False where it cannot be told (tensors without storage, a torch without the
+    binding)."""
+    overlaps = getattr(torch._C, "_overlaps", None)
+    if overlaps is None or a.device.type == "meta" or a.numel() == 0 or b.numel() == 0:
+        return False
+    try:
+        return bool(overlaps(a, b))
+    except RuntimeError:        # fake tensors under torch.compile, tensors without storage
+        return False
 
 
 def _clip(pos_row, th, tw, h, w):

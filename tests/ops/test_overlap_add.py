@@ -252,6 +252,7 @@ def test_op_checks_in_cpp():
 
 def _bad_cases():
     t, p, o, w, win = _problem(n=4, c=3, th=5, tw=6, b=2, h=10, w=12)
+    buf = torch.zeros(840)
     return [
         (dict(tiles=t[0]), errors.ShapeError, r"tiles: expected 4 dims \(N, C, th, tw\), got 3"),
         (dict(tiles=t.int()), errors.DTypeError, "tiles: expected dtype in .*got int32"),
@@ -277,6 +278,11 @@ def _bad_cases():
         (dict(tiles=t.to("meta")), errors.DeviceError, "tiles: expected a tensor on cpu .*got meta"),
         (dict(weight_out=w.to("meta")), errors.DeviceError, "weight_out: expected a tensor on cpu .*got meta"),
         (dict(window=win.to("meta")), errors.DeviceError, "window: expected a tensor on cpu .*got meta"),
+        # accumulators sharing memory with each other or with an input (contiguous views of one buffer)
+        (dict(out=buf[:720].view(2, 3, 10, 12), weight_out=buf[600:840].view(2, 1, 10, 12)), ValueError,
+         "out: expected memory separate from weight_out .*share memory"),
+        (dict(tiles=o.view(-1)[:360].view(4, 3, 5, 6)), ValueError, "tiles: expected memory separate from out"),
+        (dict(window=w.view(-1)[:30].view(5, 6)), ValueError, "window: expected memory separate from weight_out"),
     ], dict(tiles=t, positions=p, out=o, weight_out=w, window=win)
 
 
