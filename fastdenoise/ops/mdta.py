@@ -192,9 +192,9 @@ def transposed_attention(qkv: torch.Tensor, temperature: torch.Tensor, num_heads
     """Restormer's MDTA from the depthwise convolution's output ``qkv`` (B, 3C, H, W) to the
     block's output (see the module docstring): ``temperature`` (num_heads, 1, 1), ``weight`` /
     ``bias`` project_out's (or None); ``residual`` (B, C, H, W), added at the end (the
-    transformer block's skip: in the fused path it costs no extra pass). ``backend``: None (Triton on CUDA tensors in float16,
-    bfloat16 and float32; the reference elsewhere and for float64), ``"triton"`` or
-    ``"reference"``. Output: qkv's dtype and memory format.
+    transformer block's skip: in the fused path it costs no extra pass). ``backend``: None
+    (Triton on CUDA tensors in float16, bfloat16 and float32; the reference elsewhere and for
+    float64), ``"triton"`` or ``"reference"``. Output: qkv's dtype and memory format.
     Differentiable."""
     c, w = _check(qkv, temperature, num_heads, weight, bias, residual)
     be = _dispatch.resolve("transposed_attention", qkv, backend)

@@ -156,7 +156,8 @@ def overlap_normalize(out: torch.Tensor, weight_out: torch.Tensor) -> torch.Tens
     check_tensor("out", out)
     check_tensor("weight_out", weight_out, layout="(B, 1, H, W)")
     if weight_out.shape[1] != 1 or weight_out.shape[0] != out.shape[0] or weight_out.shape[2:] != out.shape[2:]:
-        raise ShapeError(f"weight_out: expected shape {[out.shape[0], 1, *out.shape[2:]]}, got {list(weight_out.shape)}")
+        raise ShapeError(f"weight_out: expected shape {[out.shape[0], 1, *out.shape[2:]]}, "
+                         f"got {list(weight_out.shape)}")
     check_same_device("weight_out", weight_out, "out", out)
     safe = torch.where(weight_out > 0, weight_out, torch.ones_like(weight_out))
     return torch.where(weight_out > 0, out / safe, torch.zeros_like(out)).to(out.dtype)

@@ -161,7 +161,8 @@ def _scale(x: torch.Tensor, a: Optional[torch.Tensor], residual: Optional[torch.
         x, a, res, y, total, cu, h * w,
         x.stride(0), x.stride(1), x.stride(3), res.stride(0), res.stride(1), res.stride(3),
         y.stride(0), y.stride(1), y.stride(3),
-        PRE=pre, HAS_SCALE=a is not y, HAS_RES=residual is not None, CHANNELS_LAST=fmt == torch.channels_last, BLOCK=_BLOCK,
+        PRE=pre, HAS_SCALE=a is not y, HAS_RES=residual is not None, CHANNELS_LAST=fmt == torch.channels_last,
+        BLOCK=_BLOCK,
         INDEX64=index64, ACC_FP64=x.dtype == torch.float64, num_warps=_NUM_WARPS,
     )
     return y
