@@ -7,7 +7,10 @@ Contenders (one group per model, shape and dtype):
 * ``compiled``: ``torch.compile`` of that plain model;
 * ``fused``: the plain model after ``fastdenoise.patch`` (in place) (the fused blocks:
   Triton on CUDA; on the CPU the fused ops run their plain PyTorch references);
-* ``fused_compiled``: ``torch.compile`` of the patched model.
+* ``fused_compiled``: ``torch.compile`` of the patched model;
+* ``fused_input`` (Restormer): the patched model with ``fastdenoise.nn.set_fuse_input`` (each
+  block's 1x1 + depthwise 3x3 input stage as one ``pointwise_dwconv``): whether it pays, in
+  time and in peak memory, decides its default.
 
 Models, as ``fastdenoise.models`` builds them with random weights (speed does not depend on
 them): NAFNet-SIDD-width32 and -width64 (``enc_blk_nums=[2, 2, 4, 8], middle_blk_num=12,
@@ -49,15 +52,15 @@ CUDA_CASES = [
     ("nafnet-sidd-w64", HD, "float16", CONTENDERS),
     ("mprnet", HD, "float16", CONTENDERS),
     ("ridnet", HD, "float16", CONTENDERS),
-    ("restormer", HD, "float16", CONTENDERS),
+    ("restormer", HD, "float16", CONTENDERS + ("fused_input",)),
     # 4K untiled: the peak memory of eager against the fused blocks (no compile at this size)
-    ("restormer", UHD, "float16", ("eager", "fused")),
+    ("restormer", UHD, "float16", ("eager", "fused", "fused_input")),
 ]
 CPU_CASES = [
     ("nafnet-sidd-w32", (1, 3, 64, 64), "float32", CONTENDERS),
     ("mprnet", (1, 3, 48, 48), "float32", CONTENDERS),
     ("ridnet", (1, 3, 48, 48), "float32", CONTENDERS),
-    ("restormer", (1, 3, 40, 48), "float32", CONTENDERS),
+    ("restormer", (1, 3, 40, 48), "float32", CONTENDERS + ("fused_input",)),
 ]
 SIDD = dict(enc_blk_nums=[2, 2, 4, 8], middle_blk_num=12, dec_blk_nums=[2, 2, 2, 2])
 
@@ -117,6 +120,8 @@ def test_patched_model(patch_case, bench, device, pytestconfig):
     report = None
     if contender.startswith("fused"):
         report = fastdenoise.patch(plain)      # in place: one copy of the weights, as eager has
+        if contender == "fused_input":
+            extra_input = fastdenoise.nn.set_fuse_input(plain)
     call = fresh_compile(plain) if contender.endswith("compiled") else plain
 
     def fn():
@@ -126,6 +131,8 @@ def test_patched_model(patch_case, bench, device, pytestconfig):
     extra = {"model": name, "input_shape": list(shape), "dtype": dtype_name}
     if report is not None:
         extra["patched"] = report.counts()
+    if contender == "fused_input":
+        extra["fuse_input_modules"] = extra_input
     out = first_tensor(fn())                   # the compile / first call, left out of the timing
     if contender.endswith("compiled"):
         extra["graph_breaks"] = int(sum(torch._dynamo.utils.counters["graph_break"].values()))
