@@ -12,7 +12,8 @@ about 5.3x the input with Restormer's factor 2.66 -- never exists for the whole 
 With ``fuse_input=True``, ``project_in``, the depthwise convolution and the gate are one
 :func:`fastdenoise.ops.pointwise_dwconv` (``gate=True``): the 2 hidden-channel tensor never
 exists at all, only the gated hidden one, still in bands. Off by default until GPU measurements
-say where it pays; not under autocast (the official convolutions then run in autocast's dtype).
+say where it pays; not under autocast (the official convolutions then run in autocast's dtype)
+nor for an input whose dtype differs from the weights' (the convolutions raise, as official).
 
 Row chunks: for output rows ``[r0, r1)`` the input rows ``[r0 - 1, r1 + 1)`` clipped to the
 image go through ``project_in`` (a 1x1 convolution: per pixel, so a band of rows gives exactly
@@ -129,7 +130,9 @@ class GDFN(nn.Module):
         check_tensor("x", x)
         check_channels("x", x, self.project_in.in_channels, "GDFN's dim")
         h = x.shape[2]
-        fuse = self.fuse_input and not autocast_enabled(x.device.type)
+        # as the official convolutions run under autocast or raise on a dtype mismatch: not fused then
+        fuse = (self.fuse_input and x.dtype == self.project_in.weight.dtype
+                and not autocast_enabled(x.device.type))
         widest = self.dwconv.in_channels // (2 if fuse else 1)
         rows = self.chunk_rows if self.chunk_rows is not None else chunk_rows_for(x, widest)
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:

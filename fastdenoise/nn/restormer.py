@@ -72,8 +72,9 @@ class MDTA(nn.Module):
     """Restormer's ``Attention(dim, num_heads, bias)`` (``temperature`` (heads, 1, 1), ``qkv``,
     ``qkv_dwconv``, ``project_out``), fused (see the module docstring). ``fuse_input``
     (keyword-only, also an attribute): compute ``qkv_dwconv(qkv(x))`` as one
-    :func:`fastdenoise.ops.pointwise_dwconv` (not under autocast, where the two convolutions
-    run in autocast's dtype as the official do)."""
+    :func:`fastdenoise.ops.pointwise_dwconv` -- not under autocast, where the two convolutions
+    run in autocast's dtype as the official do, nor for an input whose dtype differs from the
+    weights' (the convolutions then raise as the official do)."""
 
     def __init__(self, dim: int, num_heads: int, bias: bool, *, fuse_input: bool = False):
         super().__init__()
@@ -88,8 +89,8 @@ class MDTA(nn.Module):
 
     def attend(self, x: torch.Tensor, residual=None) -> torch.Tensor:
         """The block's output (+ ``residual``, added in the final product)."""
-        if self.fuse_input and not autocast_enabled(x.device.type):
-            pw, dw = self.qkv, self.qkv_dwconv
+        pw, dw = self.qkv, self.qkv_dwconv
+        if self.fuse_input and x.dtype == pw.weight.dtype and not autocast_enabled(x.device.type):
             qkv = pointwise_dwconv(x, pw.weight, dw.weight, pw.bias, dw.bias)
         else:
             qkv = self.qkv_dwconv(self.qkv(x))

@@ -168,3 +168,14 @@ def test_set_fuse_input_and_the_model_switch():
         fnn.set_fuse_input(model, 1)
     with pytest.raises(ValueError, match="fuse_input: True needs fused=True"):
         plain.Restormer(**cfg, fused=False, fuse_input=True)
+
+
+def test_fused_input_keeps_the_official_dtype_error():
+    """An input whose dtype differs from the weights' raises as the official convolutions do,
+    fuse_input or not (the fused op would otherwise round the weights silently)."""
+    att = fnn.MDTA.from_module(plain.Attention(8, 1, False), fuse_input=True)
+    ffn = fnn.GDFN.from_module(plain.FeedForward(8, 2.66, False), fuse_input=True)
+    x = torch.randn(1, 8, 5, 6, dtype=torch.float64)
+    for m in (att, ffn):
+        with pytest.raises(RuntimeError, match="should be the same|expected scalar type"):
+            m(x)
