@@ -189,6 +189,12 @@ s_sanitizer() {
     "$PY" -m pytest tests/ops/test_haar.py tests/ops/test_block_match.py tests/ops/test_nlm.py tests/ops/test_bm3d.py \
     tests/ops/test_overlap_add.py -q -x \
     -p no:cacheprovider -k "cuda_kernel or cuda_default_dispatch"
+  # The Triton kernels whose masked loads reach outside the tensor (the 3x3 halos: negative and
+  # past-the-end offsets that the masks must keep from being dereferenced), float32 cases.
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
+    --print-limit 20 --target-processes all \
+    "$PY" -m pytest tests/triton/test_dwconv_gate_triton.py tests/triton/test_pwdw_triton.py -q -x \
+    -p no:cacheprovider -k "matches_reference and float32"
 }
 
 bench_suite() {  # bench_suite NAME: benchmarks/bench_NAME.py on the GPU -> OUTDIR/bench_NAME.json

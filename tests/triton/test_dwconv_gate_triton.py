@@ -50,7 +50,7 @@ def _args(shape, dtype, bias=True):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
 def test_matches_reference(shape, layout, dtype):
     x, w, b = _args(shape, dtype)
     x = _layout(x, layout)

@@ -64,7 +64,7 @@ def _close(got, ref, dtype):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("gate", [False, True])
 def test_matches_reference(shape, layout, dtype, gate):
     x, wt, wd, b, bd = _args(*shape, dtype, seed=sum(shape))
