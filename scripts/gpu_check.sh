@@ -232,7 +232,7 @@ stage build        240 s_build
 stage info          60 s_info
 stage tests        180 s_tests
 stage triton       120 s_triton
-stage sanitizer    120 s_sanitizer
+stage sanitizer    180 s_sanitizer
 stage bench-haar   240 s_bench_haar   60
 stage bench-models 240 s_bench_models 45
 stage bench-classic 120 s_bench_classic 25
