@@ -189,6 +189,13 @@ def cases():
         _t((1, 48, 5, 7), h), _t((254, 48, 1, 1), h), _t((254, 1, 3, 3), h), None, None, True, force_int64=True)))
     out.append(("pointwise_dwconv Cin 20 (masked slice), narrow image", lambda: ops.pointwise_dwconv(
         _t((1, 20, 3, 5), h), _t((36, 20), h), _t((36, 1, 3, 3), h), gate=True, backend="triton")))
+    for dtype in (torch.float16, torch.float32):        # Restormer's widest level (dim 384)
+        for cmid, gate in ((1152, False), (2042, True)):
+            params = (_t((cmid, 384, 1, 1), dtype), _t((cmid, 1, 3, 3), dtype))
+            out.append((f"pointwise_dwconv 384 -> {cmid}{' gate' if gate else ''} "
+                        f"{str(dtype).replace('torch.', '')}",
+                        lambda x=_t((1, 384, 6, 10), dtype), params=params, gate=gate: ops.pointwise_dwconv(
+                            x, *params, gate=gate, backend="triton")))
     return out
 
 

@@ -48,14 +48,16 @@ from .._checks import memory_format_of
 __all__ = ["pointwise_dwconv", "POINTWISE_DWCONV_NAME", "register_autograd"]
 
 POINTWISE_DWCONV_NAME = "fastdenoise::pointwise_dwconv_triton"
-# Tile: 16 columns x 32 output channels (per half with the gate), 4 warps. Compiled for sm_90
-# by scripts/triton_aot_check.py (triton 3.9, ptxas -v): 106-236 registers and no spills in every
-# dtype / layout / gate case (8 bytes in the 64-bit-offset build), where 32 columns spilled with
-# the gate (up to 1 KB per thread in float32). Not timed on a GPU yet.
+# Tile: 16 columns x 32 output channels (per half with the gate), the input channels in slices
+# of 16, 4 warps. Compiled for sm_90 and sm_80 by scripts/triton_aot_check.py (triton 3.9,
+# ptxas -v) this does not spill for Cin = 48 to 384 in any dtype / layout / gate case (8 bytes in
+# the 64-bit-offset build), where 32 columns spilled with the gate (up to 1 KB per thread in
+# float32) and slices of 32 / 64 input channels spilled in float32 (up to 0.8 KB with the gate).
+# Not timed on a GPU yet.
 _ROWS = 16            # output rows of a band
 _MAX_P = 16           # columns of a run
 _MAX_CO = 32          # output channels of a tile (per half with the gate)
-_MAX_CI = 64          # input channels of a dot's slice
+_BLOCK_CI = 16        # input channels of a dot's slice (the tensor cores' K; Restormer's widths are multiples)
 _NUM_WARPS = 4
 _INT32_MAX = 2**31 - 1
 
@@ -201,13 +203,11 @@ def _np2_at_least_16(n: int, cap: int) -> int:
 
 def _blocks(cin: int, n_out: int, h: int, w: int):
     """(ROWS, BLOCK_P, BLOCK_CI, BLOCK_CO): powers of two of at least 16 where they feed
-    ``tl.dot``. The input slice is the largest of 64 / 32 / 16 dividing Cin (no masked zero
-    lanes: Restormer's widths 48, 96, 192, 384), else Cin rounded up."""
+    ``tl.dot`` (a Cin that is not a multiple of 16 ends in a masked slice)."""
     rows = min(_ROWS, h)
     block_p = _np2_at_least_16(w, _MAX_P)
     block_co = _np2_at_least_16(n_out, _MAX_CO)
-    block_ci = next((k for k in (64, 32, 16) if k <= _MAX_CI and cin % k == 0), _np2_at_least_16(cin, _MAX_CI))
-    return rows, block_p, block_ci, block_co
+    return rows, block_p, _BLOCK_CI, block_co
 
 
 def _extent(t: torch.Tensor, pad: tuple) -> int:

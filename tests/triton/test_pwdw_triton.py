@@ -35,7 +35,7 @@ LAYOUTS = ("nchw", "channels_last")
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 # (B, Cin, Cmid, H, W): a 1x1 image; one row over three column runs of 16; a tall image over
 # three bands of 16 rows; Cmid over two channel tiles of 32 (with the gate: 2 x 17); Cin = 20
-# (one masked slice of 32) and Cin = 48 (three slices of 16); batch > 1
+# (two slices of 16, the second masked) and Cin = 48 (three slices); batch > 1
 SHAPES = [(2, 5, 6, 7, 9), (1, 3, 4, 1, 1), (1, 4, 8, 1, 40), (1, 6, 12, 37, 3), (2, 20, 34, 5, 4),
           (1, 48, 36, 3, 3)]
 
