@@ -189,6 +189,22 @@ def cases():
         _t((1, 48, 5, 7), h), _t((254, 48, 1, 1), h), _t((254, 1, 3, 3), h), None, None, True, force_int64=True)))
     out.append(("pointwise_dwconv Cin 20 (masked slice), narrow image", lambda: ops.pointwise_dwconv(
         _t((1, 20, 3, 5), h), _t((36, 20), h), _t((36, 1, 3, 3), h), gate=True, backend="triton")))
+    for dtype in (torch.float16, torch.float32):        # the models' widest feature maps
+        tag = str(dtype).replace("torch.", "")
+        for c, layout in ((384, "nchw"), (384, "channels_last"), (64, "nchw")):
+            x, wn = _t((1, c, 6, 10), dtype, layout), _t((c,), dtype)
+            out.append((f"layer_norm2d C={c} {tag} {layout}", lambda x=x, wn=wn: (
+                ops.layer_norm2d(x, wn, wn, backend="triton"),
+                ops.layer_norm2d(x, wn, None, 1e-5, bias_free=True, backend="triton"))))
+        for c in (64, 128):                                # NAFNet / RIDNet widths
+            x = _t((1, c, 6, 10), dtype)
+            params = (_t((c // 4, c), dtype), _t((c // 4,), dtype), _t((c, c // 4), dtype), _t((c,), dtype))
+            out.append((f"channel_attention C={c} {tag}", lambda x=x, params=params: ops.channel_attention(
+                x, *params, residual=x, act="gelu", backend="triton")))
+        for layout in ("nchw", "channels_last"):          # the GDFN's widest: 2 x 1021 channels
+            x, wg = _t((1, 2042, 6, 10), dtype, layout), _t((2042, 1, 3, 3), dtype)
+            out.append((f"dwconv_gate 2042 {tag} {layout}", lambda x=x, wg=wg: ops.dwconv_gate(
+                x, wg, wg[:, 0, 0, 0], backend="triton")))
     for dtype in (torch.float16, torch.float32):        # Restormer's widest level (dim 384)
         for cmid, gate in ((1152, False), (2042, True)):
             params = (_t((cmid, 384, 1, 1), dtype), _t((cmid, 1, 3, 3), dtype))
