@@ -8,9 +8,10 @@ arithmetic but compiles nothing: a kernel it accepts may still fail to compile f
 below the minimum tile, a type the backend rejects, a loop-carried value changing type), or
 compile into one that spills. Here the public ops are called on small CPU tensors with
 ``backend="triton"``; ``JITFunction.run`` is swapped for a function that binds the arguments the
-way a launch does (the same specialisation: dtypes, alignment, integers equal to 1), compiles
-through Triton's own pipeline to PTX and a cubin for the target, and runs ptxas ``-v`` on the PTX
-for registers, spills and stack. Nothing is launched (the ops' outputs are garbage and unused).
+way a launch does (the same specialisation: dtypes, alignment, integers equal to 1) and compiles
+through Triton's own pipeline to PTX and a cubin for the target; the registers, spills and stack
+come from that ptxas run's ``-v`` report (``TRITON_DUMP_PTXAS_LOG``; caching off). Nothing is
+launched (the ops' outputs are garbage and unused).
 
 Fails (exit 1) when a kernel does not compile, or when a ``*_kernel`` of ``fastdenoise.triton``
 was never compiled (a launcher this script does not reach). Spills are reported, not failed on:
@@ -21,17 +22,20 @@ they are a performance matter for the GPU session to judge. Needs triton with it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import os
 import pkgutil
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
 os.environ.pop("TRITON_INTERPRET", None)     # the kernels must be JITFunctions, not interpreted
+os.environ["TRITON_ALWAYS_COMPILE"] = "1"    # no cache: each compile runs ptxas,
+os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"    # whose -v report Triton prints
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -61,23 +65,14 @@ def _ptxas(arch: int) -> str:
         return knobs.nvidia.ptxas.path
 
 
-def _resources(ptx: str, arch: int) -> dict:
-    """ptxas -v on the PTX: registers, spill stores / loads and stack bytes."""
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        sm = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-        out = subprocess.run([_ptxas(arch), "-v", f"--gpu-name={sm}", src, "-o", os.path.join(d, "k.cubin")],
-                             capture_output=True, text=True)
-    log = out.stdout + out.stderr
-    if out.returncode:
-        raise RuntimeError(f"ptxas failed: {log.strip()[-400:]}")
-
+def _resources(log: str) -> dict:
+    """Registers, spill stores / loads and stack bytes from a ptxas -v log."""
     def num(pattern):
         m = re.search(pattern, log)
         return int(m.group(1)) if m else 0
 
+    if "Used" not in log:
+        raise RuntimeError(f"no ptxas -v report in Triton's log: {log.strip()[-300:]!r}")
     return {"regs": num(r"Used (\d+) registers"), "spill_st": num(r"(\d+) bytes spill stores"),
             "spill_ld": num(r"(\d+) bytes spill loads"), "stack": num(r"(\d+) bytes stack frame")}
 
@@ -106,8 +101,13 @@ def make_aot_run(arch: int, label_of):
                "num_warps": options.num_warps, "num_stages": options.num_stages}
         t0 = time.perf_counter()
         try:
-            kernel = compile(ASTSource(self, signature, constexprs, attrs), target=target, options=options.__dict__)
-            rec.update(_resources(kernel.asm["ptx"], arch))
+            # Triton's own ptxas run (its flags: e.g. --regAllocOptLevel=2 in 3.9), its -v log
+            # printed: compiled afresh every time (a cached kernel would print nothing)
+            log = io.StringIO()
+            with contextlib.redirect_stdout(log):
+                kernel = compile(ASTSource(self, signature, constexprs, attrs), target=target,
+                                 options=options.__dict__)
+            rec.update(_resources(log.getvalue()))
             rec["shared"] = int(kernel.metadata.shared)
         except Exception as e:                # recorded; the run goes on to the other kernels
             rec["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
@@ -170,6 +170,28 @@ def cases():
                 out.append((f"pointwise_dwconv {cmid}{' gate' if gate else ''} {tag}",
                             lambda xp=xp, params=params, gate=gate: ops.pointwise_dwconv(
                                 xp, *params, gate=gate, backend="triton")))
+    # A 1080p feature map (the launchers pick their tiles from the size: the small maps above
+    # do not reach the tiles a real image gets). Uninitialised: nothing is launched.
+    def big(shape, layout="nchw"):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        return torch.empty(shape, dtype=torch.float16, memory_format=fmt)
+
+    hd = (1080, 1920)
+    for layout in ("nchw", "channels_last"):
+        x48 = big((1, 48, *hd), layout)
+        w48 = big((48,))
+        out.append((f"haar_dwt2d 1080p {layout}", lambda x=x48: ops.haar_dwt2d(x, backend="triton")))
+        out.append((f"layer_norm2d 1080p {layout}", lambda x=x48, w=w48: ops.layer_norm2d(x, w, w, backend="triton")))
+        out.append((f"pointwise_dwconv 48 -> 144 / 254 gate 1080p {layout}", lambda x=x48: (
+            ops.pointwise_dwconv(x, big((144, 48, 1, 1)), big((144, 1, 3, 3)), backend="triton"),
+            ops.pointwise_dwconv(x, big((254, 48, 1, 1)), big((254, 1, 3, 3)), gate=True, backend="triton"))))
+        x64 = big((1, 64, *hd), layout)
+        out.append((f"channel_attention C=64 1080p {layout}", lambda x=x64: ops.channel_attention(
+            x, big((16, 64)), big((16,)), big((64, 16)), big((64,)), backend="triton")))
+        out.append((f"dwconv_gate 254 1080p {layout}", lambda x=big((1, 254, *hd), layout): ops.dwconv_gate(
+            x, big((254, 1, 3, 3)), None, backend="triton")))
+    from fastdenoise.triton import mdta as t_mdta             # the Gram pass alone (the rest is torch)
+    out.append(("mdta Gram pass d=48 1080p", lambda: t_mdta._gram(big((1, 144, *hd)), 1)))
     # the other flavours, once each (float16, NCHW)
     h = torch.float16
     xc = _t((2, 16, 9, 11), h)

@@ -40,11 +40,17 @@ from .._checks import memory_format_of
 __all__ = ["dwconv_gate", "DWCONV_GATE_NAME", "register_autograd"]
 
 DWCONV_GATE_NAME = "fastdenoise::dwconv_gate_triton"
-_TILE = 1024          # pixels x channels of one program's tile (per half)
+_TILE = 1024          # pixels x channels of one program's tile (per half), channels_last
+# NCHW: half that, over 8 warps. At 1024 and 4 warps (8 x 64 pixels x 2 channels) the float16
+# build for sm_90 spilled 168 bytes per thread on a 1080p map, and 512 over 4 warps still spilled
+# on small maps of many channels (8 x 16 x 4); 512 over 8 warps spills nowhere on sm_90 or sm_80,
+# float16 or float32, at 40-78 registers (scripts/triton_aot_check.py; not timed on a GPU yet).
+_NCHW_TILE = 512
+_NCHW_WARPS = 8
 _ROW = 64             # widest run along W of an NCHW tile
 _CL_CHANNELS = 64     # widest channel tile of a channels_last tile
 _NCHW_CHANNELS = 2    # channels of an NCHW tile
-_NUM_WARPS = 4
+_NUM_WARPS = 4         # channels_last
 _INT32_MAX = 2**31 - 1
 
 
@@ -98,7 +104,8 @@ def _dwconv_gate_kernel(
 
 
 def _blocks(x: torch.Tensor, n: int, h: int, w: int):
-    """(BLOCK_H, BLOCK_W, BLOCK_C) for x's layout (all powers of two, product at most _TILE)."""
+    """(BLOCK_H, BLOCK_W, BLOCK_C) for x's layout (all powers of two, product at most _TILE, or
+    _NCHW_TILE for NCHW)."""
     np2 = triton.next_power_of_2
     if x.stride(1) < x.stride(3):            # channels fastest in memory (channels_last)
         block_c = min(np2(n), _CL_CHANNELS)
@@ -111,8 +118,8 @@ def _blocks(x: torch.Tensor, n: int, h: int, w: int):
     else:                                    # pixels fastest (NCHW, or a strided view)
         block_w = min(np2(w), _ROW)
         block_c = min(np2(n), _NCHW_CHANNELS)
-        block_h = min(np2(h), max(1, _TILE // (block_c * block_w)))
-        block_c = min(np2(n), max(1, _TILE // (block_h * block_w)))   # more channels on small images
+        block_h = min(np2(h), max(1, _NCHW_TILE // (block_c * block_w)))
+        block_c = min(np2(n), max(1, _NCHW_TILE // (block_h * block_w)))   # more channels on small images
     return block_h, block_w, block_c
 
 
@@ -142,7 +149,8 @@ def _dwconv_gate(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         x, weight, bias_arg, y, h, w, n, n_wt,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3), y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         HAS_BIAS=bias is not None, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
-        INDEX64=index64, ACC_FP64=x.dtype == torch.float64, num_warps=_NUM_WARPS,
+        INDEX64=index64, ACC_FP64=x.dtype == torch.float64,
+        num_warps=_NUM_WARPS if x.stride(1) < x.stride(3) else _NCHW_WARPS,
     )
     return y
 

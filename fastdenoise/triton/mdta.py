@@ -38,9 +38,9 @@ def _block_p(d_pad: int, dtype: torch.dtype) -> int:
     """Pixels per tile: the [D_PAD, BLOCK_P] tiles of q and k take 4096 elements (at most 64
     pixels), half that in float32 (its IEEE dot holds its operands in registers), at least 16
     (the dot's minimum K). With 8 warps this is the choice that keeps the sm_90 and sm_80 builds
-    free of spills for d = 48 and 96 in every dtype and layout (scripts/triton_aot_check.py,
-    ptxas -v); the former 64 pixels and 4 warps at d = 48 spilled 1 KB per thread in float32 on
-    sm_80. Not timed on a GPU yet."""
+    free of spills for d = 48 and 96 in every dtype and layout (scripts/triton_aot_check.py:
+    Triton's own ptxas run); the former 64 pixels and 4 warps at d = 48 spilled about 1 KB per
+    thread in float32 on sm_80. Not timed on a GPU yet."""
     block_p = min(64, 4096 // d_pad)
     if dtype == torch.float32:
         block_p //= 2

@@ -49,11 +49,10 @@ __all__ = ["pointwise_dwconv", "POINTWISE_DWCONV_NAME", "register_autograd"]
 
 POINTWISE_DWCONV_NAME = "fastdenoise::pointwise_dwconv_triton"
 # Tile: 16 columns x 32 output channels (per half with the gate), the input channels in slices
-# of 16, 4 warps. Compiled for sm_90 and sm_80 by scripts/triton_aot_check.py (triton 3.9,
-# ptxas -v) this does not spill for Cin = 48 to 384 in any dtype / layout / gate case (8 bytes in
-# the 64-bit-offset build), where 32 columns spilled with the gate (up to 1 KB per thread in
-# float32) and slices of 32 / 64 input channels spilled in float32 (up to 0.8 KB with the gate).
-# Not timed on a GPU yet.
+# of 16, 4 warps. Compiled for sm_90 and sm_80 by scripts/triton_aot_check.py (triton 3.9's own
+# ptxas run) this spills in none of its cases (Cin 20 to 384, every dtype, layout and gate),
+# where 32 columns spilled about 1.1 KB per thread in float32 with the gate and slices of 64
+# input channels 0.6-0.8 KB. Not timed on a GPU yet.
 _ROWS = 16            # output rows of a band
 _MAX_P = 16           # columns of a run
 _MAX_CO = 32          # output channels of a tile (per half with the gate)

@@ -32,7 +32,7 @@ LAYOUTS = ("nchw", "channels_last")
 TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.float64: (1e-12, 1e-12),
        torch.bfloat16: (1.6e-2, 1.6e-2)}
 # (B, 2N, H, W): odd N, 1x1 / one-row / one-column images, batch > 1; (1, 10, 9, 67) cuts NCHW
-# tiles (8 x 64 pixels x 2 channels) along H, W and the channels; (1, 6, 20, 40) cuts
+# tiles (4 x 64 pixels x 2 channels) along H, W and the channels; (1, 6, 20, 40) cuts
 # channels_last tiles (16 x 16 pixels x 4 channels) along H and W
 SHAPES = [(2, 6, 7, 9), (1, 2, 1, 1), (1, 10, 1, 7), (2, 14, 5, 1), (1, 10, 9, 67), (1, 6, 20, 40)]
 
