@@ -253,7 +253,7 @@ def _markdown(arches, seconds: float) -> str:
     except OSError:
         commit = "unknown"
     names = ", ".join(f"sm_{a}" for a in arches)
-    lines = [f"# Triton kernels compiled for {names} (no GPU: ptxas -v on the PTX)", "",
+    lines = [f"# Triton kernels compiled for {names} (no GPU: the ptxas -v report of each build)", "",
              f"{time.strftime('%Y-%m-%d')}, commit {commit}: triton {triton.__version__}, torch {torch.__version__}, "
              f"ptxas `{os.path.basename(_ptxas(arches[0]))}`; {len(RECORDS)} compilations in {seconds:.0f} s by "
              "`scripts/triton_aot_check.py`. Registers, spills, stack and shared memory per thread block "
