@@ -30,8 +30,8 @@ The launcher is the torch op ``fastdenoise::pointwise_dwconv_triton`` ``(Tensor 
 weight, Tensor dw_weight, Tensor? bias, Tensor? dw_bias, bool gate) -> Tensor``
 (``torch.library.triton_op``); its autograd recomputes the plain PyTorch reference.
 
-Block sizes (``_blocks``) are chosen so that the sm_90 build does not spill (see the constants);
-they are not tuned on a GPU yet.
+Block sizes (``_blocks``) are chosen so that the sm_90 and sm_80 builds do not spill (see the
+constants); they are not tuned on a GPU yet.
 """
 
 from __future__ import annotations
