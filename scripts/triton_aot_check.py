@@ -93,7 +93,7 @@ def make_aot_run(arch: int, label_of):
         binder = triton_jit.create_function_from_signature(self.signature, self.params, backend)
         bound_args, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound_args, specialization, options)
-        consts = {k: v for k, v in bound_args.items() if self.params[list(bound_args).index(k)].is_constexpr}
+        consts = {k: v for (k, v), p in zip(bound_args.items(), self.params) if p.is_constexpr}
         dtypes = sorted({str(v.dtype).replace("torch.", "") for v in bound_args.values()
                          if isinstance(v, torch.Tensor)})
         rec = {"arch": arch, "kernel": self.__name__, "case": label_of(), "dtypes": "/".join(dtypes),

@@ -36,6 +36,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import memory_format_of
+from ._recompute import register_recompute_autograd
 
 __all__ = ["dwconv_gate", "DWCONV_GATE_NAME", "register_autograd"]
 
@@ -172,20 +173,4 @@ def dwconv_gate(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 def register_autograd(reference) -> None:
     """Backward of the op: the gradient of ``reference`` (the plain PyTorch convolution and
     gate), recomputed from the saved inputs."""
-    def setup_context(ctx, inputs, output):
-        x, weight, bias = inputs
-        ctx.save_for_backward(x, weight, bias)
-
-    def backward(ctx, grad):
-        x, weight, bias = ctx.saved_tensors
-        wanted = list(ctx.needs_input_grad[:3])
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(bool(need)) if t is not None else None
-                      for t, need in zip((x, weight, bias), wanted)]
-            out = reference(leaves[0], leaves[1], leaves[2])
-            inputs = [t for t, need in zip(leaves, wanted) if t is not None and need]
-            grads = iter(torch.autograd.grad(out, inputs, grad) if inputs else ())
-        result = [next(grads) if t is not None and need else None for t, need in zip(leaves, wanted)]
-        return result[0], result[1], result[2]
-
-    torch.library.register_autograd(DWCONV_GATE_NAME, backward, setup_context=setup_context)
+    register_recompute_autograd(DWCONV_GATE_NAME, reference, 3)

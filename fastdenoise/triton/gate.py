@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op
 
+from ._recompute import register_recompute_autograd
 from .attention import _scale
 
 __all__ = ["gate", "GATE_NAME", "register_autograd"]
@@ -45,15 +46,4 @@ def gate(x: torch.Tensor, gelu: bool) -> torch.Tensor:
 
 def register_autograd(reference) -> None:
     """Backward of the op: the gradient of ``reference`` recomputed from the saved input."""
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-        ctx.gelu = inputs[1]
-
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            (gx,) = torch.autograd.grad(reference(leaf, ctx.gelu), (leaf,), grad)
-        return gx, None
-
-    torch.library.register_autograd(GATE_NAME, backward, setup_context=setup_context)
+    register_recompute_autograd(GATE_NAME, reference, 1)

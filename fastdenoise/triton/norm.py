@@ -28,6 +28,7 @@ from torch.library import triton_op, wrap_triton
 
 from .._checks import memory_format_of
 from ..ops.norm import TRITON_MAX_CHANNELS as MAX_CHANNELS
+from ._recompute import register_recompute_autograd
 
 __all__ = ["layer_norm2d", "LAYER_NORM_NAME", "MAX_CHANNELS", "register_autograd"]
 
@@ -123,21 +124,4 @@ def layer_norm2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 def register_autograd(reference) -> None:
     """Backward of the op: the gradient of ``reference`` (the plain PyTorch layer norm),
     recomputed from the saved inputs."""
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, eps, bias_free = inputs
-        ctx.save_for_backward(x, weight, bias)
-        ctx.eps, ctx.bias_free = eps, bias_free
-
-    def backward(ctx, grad):
-        x, weight, bias = ctx.saved_tensors
-        wanted = list(ctx.needs_input_grad[:3])
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(bool(need)) if t is not None else None
-                      for t, need in zip((x, weight, bias), wanted)]
-            out = reference(leaves[0], leaves[1], leaves[2], ctx.eps, ctx.bias_free)
-            inputs = [t for t, need in zip(leaves, wanted) if t is not None and need]
-            grads = iter(torch.autograd.grad(out, inputs, grad) if inputs else ())
-        result = [next(grads) if t is not None and need else None for t, need in zip(leaves, wanted)]
-        return result[0], result[1], result[2], None, None
-
-    torch.library.register_autograd(LAYER_NORM_NAME, backward, setup_context=setup_context)
+    register_recompute_autograd(LAYER_NORM_NAME, reference, 3)

@@ -44,6 +44,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import memory_format_of
+from ._recompute import register_recompute_autograd
 
 __all__ = ["pointwise_dwconv", "POINTWISE_DWCONV_NAME", "register_autograd"]
 
@@ -269,21 +270,4 @@ def pointwise_dwconv(x: torch.Tensor, weight: torch.Tensor, dw_weight: torch.Ten
 def register_autograd(reference) -> None:
     """Backward of the op: the gradient of ``reference(x, weight, dw_weight, bias, dw_bias,
     gate)`` (the plain PyTorch convolutions), recomputed from the saved inputs."""
-    def setup_context(ctx, inputs, output):
-        x, weight, dw_weight, bias, dw_bias, gate = inputs
-        ctx.gate = gate
-        ctx.save_for_backward(x, weight, dw_weight, bias, dw_bias)
-
-    def backward(ctx, grad):
-        saved = ctx.saved_tensors
-        wanted = list(ctx.needs_input_grad[:5])
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(bool(need)) if t is not None else None
-                      for t, need in zip(saved, wanted)]
-            out = reference(*leaves, ctx.gate)
-            inputs = [t for t, need in zip(leaves, wanted) if t is not None and need]
-            grads = iter(torch.autograd.grad(out, inputs, grad) if inputs else ())
-        result = [next(grads) if t is not None and need else None for t, need in zip(leaves, wanted)]
-        return (*result, None)
-
-    torch.library.register_autograd(POINTWISE_DWCONV_NAME, backward, setup_context=setup_context)
+    register_recompute_autograd(POINTWISE_DWCONV_NAME, reference, 5)
