@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole CPU test run (what CI runs): set-up, the CPU tests, the Triton kernels under the
 # interpreter in their own process and compiled for sm_90 / sm_80 (no GPU: Triton and ptxas),
-# nvcc compile of every CUDA kernel file, the CMake build with ctest and the op-name comparison
-# of the two builds, and a smoke run of the benchmarks.
+# the CUDA kernels executed by the CPU emulator under AddressSanitizer, nvcc compile of every
+# CUDA kernel file, the CMake build with ctest and the op-name comparison of the two builds, and
+# a smoke run of the benchmarks.
 # Every stage runs; the script fails if any stage failed (or collected no tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +26,23 @@ stage() {  # stage NAME CMD...
 bash scripts/setup.sh || { echo "set-up failed"; exit 1; }
 $PY -m fastdenoise.info
 
-stage "pytest (CPU)" $PY -m pytest tests -q --ignore=tests/triton -p no:cacheprovider
+stage "pytest (CPU)" $PY -m pytest tests -q --ignore=tests/triton --ignore=tests/cuda_emu -p no:cacheprovider
 stage "pytest (Triton interpreter)" env TRITON_INTERPRET=1 $PY -m pytest tests/triton -q -p no:cacheprovider
 # every Triton kernel compiled for sm_90 (H100 / H200) and sm_80 (A100) as its launchers launch
 # it (the interpreter compiles nothing); registers and spills from ptxas
 stage "Triton kernels compiled (sm_90, sm_80)" env TRITON_DEFAULT_FP_FUSION=1 $PY scripts/triton_aot_check.py --arch 90 80
+
+emulated_cuda() {  # the CUDA kernels run on the CPU (csrc/tests/cuda_emu), memory accesses checked by ASan
+  local asan; asan=$(${CXX:-g++} -print-file-name=libasan.so 2>/dev/null)
+  if [ -z "$asan" ] || [ ! -f "$asan" ]; then
+    echo "no libasan for ${CXX:-g++}: the emulated kernels run without AddressSanitizer"
+    $PY -m pytest tests/cuda_emu -q -p no:cacheprovider; return $?
+  fi
+  # --capture=sys: an ASan report (written to fd 2 before the process aborts) reaches the log
+  env FASTDENOISE_EMU_ASAN=1 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0 \
+    $PY -m pytest tests/cuda_emu -q -p no:cacheprovider --capture=sys
+}
+stage "CUDA kernels emulated (ASan)" emulated_cuda
 
 nvcc_all() {
   if ! command -v nvcc >/dev/null; then echo "nvcc not found: CUDA kernel compile skipped"; return 0; fi
