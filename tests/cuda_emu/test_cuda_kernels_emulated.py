@@ -310,3 +310,8 @@ def test_emulator_poisons_unwritten_dynamic_shared_memory(emu):
 def test_emulator_enforces_the_dynamic_shared_memory_limit(emu):
     err, fault, _ = _selftest(emu, 4)
     assert err != 0 and "dynamic shared memory" in fault
+
+
+def test_emulator_enforces_the_block_size_limit(emu):
+    err, fault, _ = _selftest(emu, 5)
+    assert err != 0 and "invalid launch configuration" in fault

@@ -15,6 +15,7 @@
 // Under AddressSanitizer (the emulator built with -fsanitize=address) every switch of stacks is
 // announced, so that ASan tracks the fiber stacks instead of reporting false errors on them.
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define FD_EMU_ASAN 1
 #else
@@ -66,6 +67,7 @@ struct State {
   void (*body)(void*) = nullptr;
   void* body_ctx = nullptr;
   bool aborted = false;
+  bool stacks_abandoned = false;  // a launch was aborted with fibers mid-kernel
   // ASan: the scheduler's stack, learnt when a fiber first runs
   const void* main_stack_bottom = nullptr;
   size_t main_stack_size = 0;
@@ -184,6 +186,13 @@ void run_block(int nthreads) {
     s.warp_live[w] = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
   }
   if (s.dynamic_bytes) std::memset(s.dynamic_shared.get(), 0xFF, s.dynamic_bytes);
+#if FD_EMU_ASAN
+  // the frames of fibers abandoned by an aborted launch left their stack redzones poisoned
+  if (s.stacks_abandoned) {
+    for (Fiber& f : s.fibers) ASAN_UNPOISON_MEMORY_REGION(f.stack.get(), kFiberStack);
+    s.stacks_abandoned = false;
+  }
+#endif
   for (int i = 0; i < nthreads; ++i) {
     Fiber& f = s.fibers[i];
     f.done = false;
@@ -294,6 +303,10 @@ void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
   if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 2147483647u || g.y > 65535u || g.z > 65535u || nthreads == 0 ||
       nthreads > kMaxThreadsPerBlock || b.x > 1024u || b.y > 1024u || b.z > 64u) {
     s.last_error = cudaErrorInvalidConfiguration;
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "invalid launch configuration: grid (%u, %u, %u), block (%u, %u, %u)", g.x, g.y,
+                  g.z, b.x, b.y, b.z);
+    if (s.fault.empty()) s.fault = buf;
     return;
   }
   const auto it = s.max_dynamic.find(cfg.fn);
@@ -327,7 +340,9 @@ void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
         ++s.blocks;
         run_block(static_cast<int>(nthreads));
         if (s.aborted) {
+          s.stacks_abandoned = true;
           s.dynamic_shared.reset();
+          s.dynamic_bytes = 0;
           return;
         }
       }

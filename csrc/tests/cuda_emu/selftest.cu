@@ -46,6 +46,7 @@ extern "C" int fd_emu_selftest(int which, float* out, int n) {
     case 2: racy_kernel<<<1, 64>>>(out); break;
     case 3: uninitialised_shared_kernel<<<1, 32, 64 * sizeof(float)>>>(out); break;
     case 4: uninitialised_shared_kernel<<<1, 32, 64 * 1024>>>(out); break;  // > 48 KiB, no opt-in
+    case 5: racy_kernel<<<1, 2048>>>(out); break;                            // > 1024 threads
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
