@@ -31,7 +31,6 @@ namespace {
 struct Barrier {
   int expected = 0, arrived = 0;
   uint64_t generation = 0;
-  const char* what = "";
 };
 
 struct Fiber {
@@ -159,10 +158,11 @@ bool runnable(const Fiber& f) {
   return !f.done && (f.waiting == nullptr || f.waiting->generation != f.wait_generation);
 }
 
-std::string deadlock_report() {
+std::string deadlock_report(int nthreads) {
   State& s = S();
   int at_block = 0, at_warp = 0;
-  for (const Fiber& f : s.fibers) {
+  for (int i = 0; i < nthreads; ++i) {
+    const Fiber& f = s.fibers[i];
     if (f.done) continue;
     if (f.waiting == &s.block_barrier) ++at_block; else ++at_warp;
   }
@@ -177,12 +177,12 @@ std::string deadlock_report() {
 void run_block(int nthreads) {
   State& s = S();
   const int nwarps = (nthreads + 31) / 32;
-  s.block_barrier = Barrier{nthreads, 0, 0, "__syncthreads"};
+  s.block_barrier = Barrier{nthreads, 0, 0};
   s.warp_barriers.assign(nwarps, Barrier{});
   s.warp_live.assign(nwarps, 0);
   for (int w = 0; w < nwarps; ++w) {
     const int lanes = std::min(32, nthreads - 32 * w);
-    s.warp_barriers[w] = Barrier{lanes, 0, 0, "warp"};
+    s.warp_barriers[w] = Barrier{lanes, 0, 0};
     s.warp_live[w] = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
   }
   if (s.dynamic_bytes) std::memset(s.dynamic_shared.get(), 0xFF, s.dynamic_bytes);
@@ -215,7 +215,7 @@ void run_block(int nthreads) {
     for (int i = 0; i < nthreads; ++i)
       if (runnable(s.fibers[i])) order.push_back(i);
     if (order.empty()) {
-      set_fault(deadlock_report());
+      set_fault(deadlock_report(nthreads));
       s.aborted = true;
       return;
     }
