@@ -17,7 +17,8 @@ fi
 # Build tools and test tools (no build isolation: the extension is compiled for the torch above).
 $PIP install -q "setuptools>=64" wheel ninja pybind11 numpy pytest pytest-benchmark pillow "scikit-image>=0.19"
 if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
-  $PY -c "import triton" 2>/dev/null || $PIP install -q triton
+  # pinned: scripts/triton_aot_check.py follows this version's launch path (TRITON_SPEC overrides)
+  $PY -c "import triton" 2>/dev/null || $PIP install -q "${TRITON_SPEC:-triton==3.9.0}"
 fi
 $PIP install -q --no-build-isolation -e ".[test]"
 $PY -c "import fastdenoise, json; i = fastdenoise.build_info(); print('fastdenoise._C loaded:', i['loaded'], '| CUDA kernels:', i['cuda'])"
