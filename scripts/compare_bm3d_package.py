@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
+import os
 import pathlib
 import platform
 
@@ -84,8 +86,8 @@ def main():
         f"# BM3D / CBM3D PSNR: fastdenoise against the authors' bm3d package, sigma {args.sigma:g}",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"fastdenoise {fastdenoise.__version__}, bm3d package {getattr(pkg, '__version__', '4.x')}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"fastdenoise {fastdenoise.__version__}, bm3d package {importlib.metadata.version('bm3d')}",
         f"- command: `python scripts/compare_bm3d_package.py --sigma {args.sigma:g}`",
         "- noise: per image `np.random.seed(0)`, `np.random.normal(0, sigma/255, shape)` added to the "
         "float image, not clipped; PSNR of the output clamped to [0, 1]",
