@@ -66,6 +66,7 @@ def emu():
         fn = getattr(lib, name)
         fn.argtypes = args
         fn.restype = ctypes.c_int
+    lib.fd_emu_set_schedule.restype = None
     lib.fd_emu_take_fault.restype = ctypes.c_char_p
     lib.fd_emu_launches.restype = ctypes.c_longlong
     lib.fd_emu_nlm_shared_bytes.restype = ctypes.c_ulonglong
@@ -190,10 +191,14 @@ def test_bm3d_filter_matches_cpu_kernel(emu, shape, schedule, monkeypatch):
     g = torch.Generator().manual_seed(3)
     clean = torch.rand(shape, generator=g)
     noisy = clean + (25 / 255) * torch.randn(shape, generator=g)
+    shared = []
     for args, want in _bm3d_filter_calls(noisy, 25 / 255, monkeypatch):
         out, bad = _emu_bm3d_filter(emu, args, schedule)
         assert bad == 0
         assert torch.equal(out, want), f"max diff {(out - want).abs().max().item():.3g}"
+        shared.append(emu.fd_emu_bm3d_shared_bytes(shape[1], args[2].shape[3], int(args[1] is not None)))
+    if shape[1] == 3:  # colour Wiener groups of 32 blocks take the opt-in shared memory (> 48 KiB)
+        assert max(shared) > 48 * 1024
 
 
 def test_bm3d_filter_reports_bad_groups(emu, monkeypatch):
