@@ -13,8 +13,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "fastdenoise/nlm.h"
@@ -41,7 +42,12 @@ inline float exp_neg(float e) {
   p = p * r + 0.5f;
   p = p * r + 1.f;
   p = p * r + 1.f;
-  return p * std::bit_cast<float>(static_cast<int32_t>((n + 127) << 23));
+  // 2^n from its bits (memcpy, not C++20's std::bit_cast: torch < 2.13 builds extensions as
+  // C++17); compilers fold it into a register move, and the loops still vectorise
+  const int32_t bits = static_cast<int32_t>((n + 127) << 23);
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
 }
 
 // Everything one range of tasks (blocks of kRows output rows) needs.
