@@ -32,6 +32,18 @@ stage "pytest (Triton interpreter)" env TRITON_INTERPRET=1 $PY -m pytest tests/t
 # every Triton kernel compiled for sm_90 (H100 / H200) and sm_80 (A100) as its launchers launch
 # it (the interpreter compiles nothing); registers and spills from ptxas
 stage "Triton kernels compiled (sm_90, sm_80)" env TRITON_DEFAULT_FP_FUSION=1 $PY scripts/triton_aot_check.py --arch 90 80
+# and for sm_90 with the triton the GPU machines run: torch 2.11 pins triton 3.6.0, whose ptxas
+# (CUDA 12.8) allocates registers differently from 3.9's (a kernel spill-free under one spilled
+# under the other). In a virtual environment beside this one (this torch, that triton), made once.
+triton_device_version() {
+  local spec=${TRITON_DEVICE_SPEC:-triton==3.6.0} venv=build/venv-triton-device
+  [ -x $venv/bin/python ] || $PY -m venv --system-site-packages $venv || return 1
+  if ! $venv/bin/python -c "import sys, triton; sys.exit(triton.__version__ != '${spec#triton==}')" 2>/dev/null; then
+    $venv/bin/python -m pip install -q --no-deps "$spec" || return 1
+  fi
+  env PYTHONPATH="$PWD" TRITON_DEFAULT_FP_FUSION=1 $venv/bin/python scripts/triton_aot_check.py --arch 90
+}
+stage "Triton kernels compiled (the GPU machines' triton, sm_90)" triton_device_version
 
 emulated_cuda() {  # the CUDA kernels run on the CPU (csrc/tests/cuda_emu), memory accesses checked by ASan
   local asan; asan=$(${CXX:-g++} -print-file-name=libasan.so 2>/dev/null)

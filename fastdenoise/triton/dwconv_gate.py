@@ -13,8 +13,8 @@ Design (memory-bound: x read once from DRAM, the gated output written once):
   of the N gated channels: the 2N-channel convolution output never exists in memory.
 * Offsets are ``b s_b + c s_c + i s_h + j s_w`` with x's own strides, so NCHW, channels_last
   and strided views are read in place (no copy). The tile shape follows the layout: with
-  channels fastest in memory (channels_last) up to 64 channels and a square-ish patch of
-  pixels (4 x 4 at 64 channels); otherwise (NCHW) runs of up to 64 pixels along W, 2 channels,
+  channels fastest in memory (channels_last) up to 32 channels and a square-ish patch of
+  pixels (4 x 4 at 32 channels); otherwise (NCHW) runs of up to 64 pixels along W, 2 channels,
   and the rows filling the tile (more channels on images too small to fill it). Within a
   tile row the pixel index is ``j0 + (p % BLOCK_W)``, so Triton sees runs of BLOCK_W
   contiguous addresses when s_w is 1 (NCHW).
@@ -41,7 +41,14 @@ from ._recompute import register_recompute_autograd
 __all__ = ["dwconv_gate", "DWCONV_GATE_NAME", "register_autograd"]
 
 DWCONV_GATE_NAME = "fastdenoise::dwconv_gate_triton"
-_TILE = 1024          # pixels x channels of one program's tile (per half), channels_last
+# channels_last: 512 pixels x channels per half over 4 warps (4 x 4 pixels x 32 channels: the
+# same halo per pixel as the former 1024 = 4 x 4 x 64). At 1024 over 4 warps (8 elements of each
+# accumulator per thread) ptxas either took ~168 registers or, in float16 with triton 3.6 (the
+# version torch 2.11, the GPU machines' torch, pins), stopped at 96 and spilled ~280 bytes per
+# thread on sm_90 and sm_80; 512 over 4 warps builds at 71-80 registers with no spill for sm_90
+# and sm_80, every dtype, with and without bias, under triton 3.6 and 3.9
+# (scripts/triton_aot_check.py; not timed on a GPU yet).
+_TILE = 512
 # NCHW: half that, over 8 warps. At 1024 and 4 warps (8 x 64 pixels x 2 channels) the float16
 # build for sm_90 spilled 168 bytes per thread on a 1080p map, and 512 over 4 warps still spilled
 # on small maps of many channels (8 x 16 x 4); 512 over 8 warps spills nowhere on sm_90 or sm_80,
@@ -49,7 +56,7 @@ _TILE = 1024          # pixels x channels of one program's tile (per half), chan
 _NCHW_TILE = 512
 _NCHW_WARPS = 8
 _ROW = 64             # widest run along W of an NCHW tile
-_CL_CHANNELS = 64     # widest channel tile of a channels_last tile
+_CL_CHANNELS = 32     # widest channel tile of a channels_last tile
 _NCHW_CHANNELS = 2    # channels of an NCHW tile
 _NUM_WARPS = 4         # channels_last
 _INT32_MAX = 2**31 - 1
