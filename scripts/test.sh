@@ -57,19 +57,27 @@ emulated_cuda() {  # the CUDA kernels run on the CPU (csrc/tests/cuda_emu), memo
 }
 stage "CUDA kernels emulated (ASan)" emulated_cuda
 
-nvcc_all() {
+nvcc_all() {  # every kernel file for sm_90 and sm_80; fails on a kernel with local memory
+  # (ptxas -v: a stack frame or spills), which the GPU pays in every thread
   if ! command -v nvcc >/dev/null; then echo "nvcc not found: CUDA kernel compile skipped"; return 0; fi
-  local out; out=$(mktemp -d); local rc=0 n=0
+  local out; out=$(mktemp -d); local rc=0 n=0 f arch
   for f in csrc/cuda/kernels/*.cu; do
-    echo "nvcc -arch=sm_90 $f"; n=$((n + 1))
-    # with the half/bfloat16 macros torch's extension build passes to nvcc
-    nvcc -std=c++17 -O3 -arch=sm_90 -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
-      -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
-      -Icsrc/include -c "$f" -o "$out/$(basename "$f").o" || rc=1
+    for arch in 90 80; do
+      echo "nvcc -arch=sm_$arch $f"; n=$((n + 1))
+      # with the half/bfloat16 macros torch's extension build passes to nvcc
+      nvcc -std=c++17 -O3 -arch=sm_$arch -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+        -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ -Xptxas -v \
+        -Icsrc/include -c "$f" -o "$out/$(basename "$f").o" 2>"$out/ptxas.log" || { cat "$out/ptxas.log"; rc=1; continue; }
+      # "Function properties for NAME" then "S bytes stack frame, T bytes spill stores, L bytes spill loads"
+      awk '/Function properties for/ {fn = $NF}
+           /bytes stack frame/ {if ($1 + $5 + $9 > 0) {print "  local memory: " $0 " in " fn; bad = 1}}
+           END {exit bad}' "$out/ptxas.log" | c++filt || rc=1
+      grep -c "Used [0-9]* registers" "$out/ptxas.log" | sed 's/^/  kernels: /'
+    done
   done
-  echo "$n kernel files compiled, rc=$rc"; rm -rf "$out"; return $rc
+  echo "$n compilations, rc=$rc"; rm -rf "$out"; return $rc
 }
-stage "nvcc kernels (sm_90)" nvcc_all
+stage "nvcc kernels (sm_90, sm_80)" nvcc_all
 
 cxx_standards() {  # the C++ sources under both standards torch builds extensions with
   # torch >= 2.13 passes -std=c++20, older torch (2.11 on the GPU machines) -std=c++17: every

@@ -201,6 +201,30 @@ def test_bm3d_filter_matches_cpu_kernel(emu, shape, schedule, monkeypatch):
         assert max(shared) > 48 * 1024
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_bm3d_filter_every_group_size(emu, channels, schedule, monkeypatch):
+    """Groups of every size the kernel handles (1, 2, 4, ..., K: each its own unrolled Haar
+    along the group) in both stages, bitwise the CPU kernel. Real runs on small noisy images
+    give mostly groups of one block (few matches pass the distance threshold), so the sizes of
+    the recorded calls are overwritten with a cycle through all of them; every slot of the
+    match lists holds a real block, so any size is valid input."""
+    g = torch.Generator().manual_seed(5)
+    shape = (2, channels, 23, 21)
+    noisy = torch.rand(shape, generator=g) + (25 / 255) * torch.randn(shape, generator=g)
+    for args, _ in _bm3d_filter_calls(noisy, 25 / 255, monkeypatch):
+        index, size = args[2], args[3]
+        k = index.shape[3]
+        assert bool((index >= 0).all())
+        cycle = [1 << i for i in range(k.bit_length())]                 # 1, 2, ..., K
+        sizes = torch.tensor([cycle[i % len(cycle)] for i in range(size.numel())], dtype=size.dtype)
+        forced = (*args[:3], sizes.reshape(size.shape), *args[4:])
+        want = bm3d_ops.bm3d_filter(*forced, backend="cpu")
+        out, bad = _emu_bm3d_filter(emu, forced, schedule)
+        assert bad == 0
+        assert torch.equal(out, want), f"K={k}: max diff {(out - want).abs().max().item():.3g}"
+
+
 def test_bm3d_filter_reports_bad_groups(emu, monkeypatch):
     """A group whose size is not a power of two is skipped and reported (1 + its index), as the
     glue then raises."""
