@@ -136,6 +136,16 @@ s_build() {
   echo "FORCE_CUDA=$FORCE_CUDA TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
   "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'available', torch.cuda.is_available())"
   command -v nvcc && nvcc --version | tail -n 2
+  # torch's CUDA headers include cuBLAS / cuSPARSE / cuSOLVER ones; where the toolkit beside nvcc
+  # lacks them, those of torch's CUDA pip packages (nvidia/cu13/include, or nvidia/<lib>/include
+  # in older layouts) are searched after it (CPATH: after the -I folders). This is how
+  # scripts/device_env_check.sh builds against torch 2.11+cu130 on a machine with only the runtime.
+  local cuda_home; cuda_home=$("$PY" -c "from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME or '')")
+  if [ -n "$cuda_home" ] && [ ! -f "$cuda_home/include/cublas_v2.h" ]; then
+    local extra; extra=$("$PY" -c "import glob, os, site; print(':'.join(sorted(d for sp in site.getsitepackages() for d in glob.glob(os.path.join(sp, 'nvidia', '*', 'include')))))")
+    echo "no cublas_v2.h under $cuda_home/include: CPATH += ${extra:-nothing found}"
+    if [ -n "$extra" ]; then export CPATH="${CPATH:+$CPATH:}$extra"; fi
+  fi
   local built=0
   if "$PY" -c "import setuptools, ninja, pybind11" 2>/dev/null; then
     echo "--- pip install --no-build-isolation --no-deps --no-index -e ."

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole CPU test run (what CI runs): set-up, the CPU tests, the Triton kernels under the
 # interpreter in their own process and compiled for sm_90 / sm_80 (no GPU: Triton and ptxas),
-# the CUDA kernels executed by the CPU emulator under AddressSanitizer, nvcc compile of every
-# CUDA kernel file, the C++ sources and the CUDA glue compiled (syntax) as C++17 and C++20, the
+# also with the GPU machines' triton, the CUDA kernels executed by the CPU emulator under
+# AddressSanitizer, nvcc compile of every CUDA kernel file for sm_90 / sm_80 (no local memory),
+# the C++ sources and the CUDA glue compiled (syntax) as C++17 and C++20, the
 # CMake build with ctest and the op-name comparison of the two builds, and a smoke run of the
 # benchmarks.
 # Every stage runs; the script fails if any stage failed (or collected no tests).
