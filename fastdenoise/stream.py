@@ -2,7 +2,10 @@
 
 ``StreamDenoiser(model, shape, dtype=torch.float16)`` prepares a copy of ``model`` for frames of
 ``shape`` = (H, W, C) (C = 1 or 3): weights in ``dtype`` (float16 / bfloat16 / float32),
-channels_last (``model`` itself is left as it is).
+channels_last, eval mode; ``model`` itself is left as it is. The copy is made tensor by tensor
+straight into ``dtype`` on the device, so no second full-precision copy of the weights is ever
+held. ``copy=False`` converts ``model`` itself instead (its parameters change dtype and layout
+and it is put in eval mode), for models whose weights should not be held twice.
 Frames come in as host arrays (numpy uint8 / uint16, (H, W, C) or (H, W)) or as tensors on the
 model's device (float (C, H, W) or (1, C, H, W) in [0, 1]) and go out the same way (the arrays
 with their dtype: ``clamp(y, 0, 1)`` scaled to the full range and rounded).
@@ -27,7 +30,7 @@ crop themselves (those of :mod:`fastdenoise.models` do).
 
 from __future__ import annotations
 
-import copy
+import copy as _copy
 from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
@@ -46,10 +49,11 @@ Frame = Union[np.ndarray, torch.Tensor]
 
 class StreamDenoiser:
     """See the module docstring. ``shape``: (H, W, C) or (H, W) (C = 1); ``device``: the model's
-    (default: its parameters' device); ``graphs``: capture CUDA graphs (GPU only)."""
+    (default: its parameters' device); ``graphs``: capture CUDA graphs (GPU only); ``copy``:
+    False converts ``model`` itself instead of a copy."""
 
     def __init__(self, model: Callable, shape: Tuple[int, ...], dtype: torch.dtype = torch.float16, *,
-                 device: Optional[Union[str, torch.device]] = None, graphs: bool = True):
+                 device: Optional[Union[str, torch.device]] = None, graphs: bool = True, copy: bool = True):
         if not callable(model):
             raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
         if dtype not in _FLOATS:
@@ -66,9 +70,10 @@ class StreamDenoiser:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DeviceError(f"device: expected a usable device, got {self.device} (torch sees no CUDA device)")
         self.shape, self.dtype = shape, dtype
-        if isinstance(model, nn.Module):     # a copy: the caller's model keeps its dtype and layout
-            model = copy.deepcopy(model).to(device=self.device, dtype=dtype,
-                                            memory_format=torch.channels_last).eval()
+        if isinstance(model, nn.Module):
+            if copy:                          # the caller's model keeps its dtype, layout and mode
+                model = _converted_copy(model, self.device, dtype)
+            model = model.to(device=self.device, dtype=dtype, memory_format=torch.channels_last).eval()
         self.model = model
         self.cuda = self.device.type == "cuda"
         self.graphs = bool(graphs) and self.cuda
@@ -163,6 +168,28 @@ class StreamDenoiser:
         if key not in self._slots:
             self._slots[key] = _Slot(self, kind)
         return self._slots[key]
+
+
+def _converted_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are made directly on ``device``,
+    floating-point ones in ``dtype``, 4-D ones channels_last (``Module.to`` after a plain deep
+    copy would first duplicate every weight at full precision on the model's device). Tensors
+    shared between modules stay shared."""
+    memo: Dict[int, object] = {}
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if t.dim() == 4 else torch.preserve_format
+        return t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype,
+                             memory_format=fmt, copy=True)
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if id(p) not in memo:
+                memo[id(p)] = nn.Parameter(convert(p), requires_grad=p.requires_grad)
+        for b in model.buffers():
+            if id(b) not in memo:
+                memo[id(b)] = convert(b)
+        return _copy.deepcopy(model, memo)
 
 
 class _Slot:

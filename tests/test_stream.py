@@ -58,6 +58,49 @@ def test_device_tensor_frames():
     assert s(x[None]).shape == (1, 3, 12, 10)
 
 
+def test_model_copy_and_in_place():
+    """The default copy: the caller's model keeps its dtype, layout and mode; the copy's tensors
+    are converted (floating ones to the dtype, 4-D ones channels_last, integer buffers kept),
+    hold their own memory, and tensors shared in the model stay shared. copy=False converts
+    the caller's model itself; both give the same frames."""
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    other = torch.nn.Conv2d(3, 3, 3, padding=1)
+    other.weight = conv.weight                                      # a tied parameter
+    model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(3), torch.nn.ReLU(), other, conv)
+    model[1].running_mean.uniform_(-0.1, 0.1)
+    model.train()
+    s = StreamDenoiser(model, (6, 7, 3), torch.bfloat16)
+    c = s.model
+    assert model.training and all(p.dtype == torch.float32 for p in model.parameters())
+    assert conv.weight.is_contiguous() and model[1].num_batches_tracked.dtype == torch.int64
+    assert c is not model and not c.training
+    assert c[0] is c[4] and c[3].weight is c[0].weight                # sharing kept
+    w = c[0].weight
+    assert w.dtype == torch.bfloat16 and w.is_contiguous(memory_format=torch.channels_last)
+    assert w.data_ptr() != conv.weight.data_ptr() and torch.equal(w, conv.weight.detach().bfloat16())
+    assert c[1].running_mean.dtype == torch.bfloat16 and c[1].num_batches_tracked.dtype == torch.int64
+    assert torch.equal(c[1].running_mean, model[1].running_mean.bfloat16())
+    frame = (np.random.default_rng(3).random((6, 7, 3)) * 255).astype(np.uint8)
+    out = s(frame)
+    s2 = StreamDenoiser(model, (6, 7, 3), torch.bfloat16, copy=False)
+    assert s2.model is model and not model.training and conv.weight.dtype == torch.bfloat16
+    assert np.array_equal(s2(frame), out)
+
+
+def test_model_copy_never_duplicates_weights_at_full_precision(monkeypatch):
+    """The copy makes each tensor once, converted: no tensor goes through deepcopy (which would
+    first duplicate it in its own dtype on its own device)."""
+    def refuse(self, memo):
+        raise AssertionError(f"a {self.dtype} tensor of {list(self.shape)} was deep-copied")
+
+    monkeypatch.setattr(torch.nn.Parameter, "__deepcopy__", refuse)
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", refuse)
+    model = NAFNet(img_channel=3, width=4, enc_blk_nums=[1], dec_blk_nums=[1]).eval()
+    s = StreamDenoiser(model, (8, 8, 3), torch.float16)
+    assert all(p.dtype == torch.float16 for p in s.model.parameters())
+
+
 def test_list_output_models_and_nafnet():
     model = NAFNet(img_channel=3, width=4, enc_blk_nums=[1], dec_blk_nums=[1]).eval()
     frame = (np.random.default_rng(1).random((9, 14, 3)) * 255).astype(np.uint8)
