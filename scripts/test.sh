@@ -3,9 +3,8 @@
 # interpreter in their own process and compiled for sm_90 / sm_80 (no GPU: Triton and ptxas),
 # also with the GPU machines' triton, the CUDA kernels executed by the CPU emulator under
 # AddressSanitizer, nvcc compile of every CUDA kernel file for sm_90 / sm_80 (no local memory),
-# the C++ sources and the CUDA glue compiled (syntax) as C++17 and C++20, the
-# CMake build with ctest and the op-name comparison of the two builds, and a smoke run of the
-# benchmarks.
+# the C++ sources and the CUDA glue compiled (syntax) as C++17 and C++20, the CMake build with
+# ctest and the op-name comparison of the two builds, and a smoke run of the benchmarks.
 # Every stage runs; the script fails if any stage failed (or collected no tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +72,7 @@ nvcc_all() {  # every kernel file for sm_90 and sm_80; fails on a kernel with lo
       awk '/Function properties for/ {fn = $NF}
            /bytes stack frame/ {if ($1 + $5 + $9 > 0) {print "  local memory: " $0 " in " fn; bad = 1}}
            END {exit bad}' "$out/ptxas.log" | c++filt || rc=1
+      grep -v -e 'ptxas info' -e 'bytes stack frame' "$out/ptxas.log"      # nvcc's warnings, if any
       grep -c "Used [0-9]* registers" "$out/ptxas.log" | sed 's/^/  kernels: /'
     done
   done
@@ -84,15 +84,16 @@ cxx_standards() {  # the C++ sources under both standards torch builds extension
   # torch >= 2.13 passes -std=c++20, older torch (2.11 on the GPU machines) -std=c++17: every
   # source must compile under both, but this machine's torch only ever builds with one of them.
   # The CUDA glue against torch's headers and CUDA's (a CPU wheel of torch lacks one generated
-  # header of c10/cuda, which only sets a build macro: stubbed).
-  local inc; inc=$($PY -c "import sysconfig, torch.utils.cpp_extension as c; print(' '.join('-isystem '+p for p in c.include_paths()), '-isystem '+sysconfig.get_paths()['include'])")  # -isystem: torch's own C++20-extension warnings under C++17 stay quiet
+  # header of c10/cuda, which only sets a build macro: stubbed). torch's headers are -isystem:
+  # their own C++20-extension warnings under C++17 stay quiet, ours do not.
+  local inc; inc=$($PY -c "import sysconfig, torch.utils.cpp_extension as c; print(' '.join('-isystem '+p for p in c.include_paths()), '-isystem '+sysconfig.get_paths()['include'])")
   local stub; stub=$(mktemp -d)
   mkdir -p "$stub/c10/cuda/impl"; echo "#define C10_CUDA_BUILD_SHARED_LIBS" > "$stub/c10/cuda/impl/cuda_cmake_macros.h"
   local files="csrc/fastdenoise.cpp csrc/cpu/*.cpp" cuda_inc=${CUDA_HOME:-/usr/local/cuda}/include
   if [ -d "$cuda_inc" ]; then files="$files csrc/cuda/*.cpp"; else echo "no CUDA headers: the CUDA glue is not checked"; fi
   local rc=0
-  # shellcheck disable=SC2086
   # one g++ per (standard, file), as many at once as there are cores; xargs fails if any does
+  # shellcheck disable=SC2086
   printf '%s\n' $files | sed 's/^/c++17 /; p; s/^c++17/c++20/' |
     FD_FLAGS="-I$stub $inc -Icsrc/include -Icsrc -Ibuild/generated -I$cuda_inc" xargs -P "$(nproc)" -L 1 \
       sh -c 'echo "g++ -std=$0 -fsyntax-only $1" && exec g++ -std="$0" -fsyntax-only $FD_FLAGS "$1"' || rc=1
