@@ -2,9 +2,10 @@
 csrc/tests/cuda_emu (every CUDA thread a fiber; see fd_cuda_emu.h for what it checks and what it
 cannot). Each launcher is driven as its torch glue drives it and compared with the C++ CPU
 kernel bitwise where the two are specified to agree bitwise (block matching, BM3D, overlap-add),
-else with the reference within DESIGN.md's tolerances (NLM, Haar). Every kernel runs under three
-schedules of its threads (forward, reverse, shuffled): an output that depends on the schedule is
-a race between threads of a block.
+else with the reference within DESIGN.md's tolerances (NLM, Haar). Every kernel runs under four
+schedules of its threads (forward, reverse, shuffled, and one warp running ahead of the others
+between __syncthreads): an output that depends on the schedule is a race between threads of a
+block.
 
 This runs the CUDA code's logic without a GPU; it does not replace running it on one
 (scripts/gpu_check.sh): nvcc's code generation, FMA contraction, libdevice and timing are not
@@ -34,7 +35,7 @@ oa_ops = importlib.import_module("fastdenoise.ops.overlap_add")
 pytestmark = pytest.mark.skipif(not fastdenoise.build_info()["ops"], reason="the C++ extension (_C) is not built")
 
 SCHEDULES = [pytest.param((0, 0), id="forward"), pytest.param((1, 0), id="reverse"),
-             pytest.param((2, 12345), id="shuffled")]
+             pytest.param((2, 12345), id="shuffled"), pytest.param((3, 0), id="warps-ahead")]
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 P, I64, I32, F64, U64 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_double, ctypes.c_ulonglong
@@ -328,6 +329,19 @@ def test_emulator_reports_a_divergent_syncthreads(emu):
 def test_emulator_exposes_a_race_through_the_schedule(emu):
     outs = [_selftest(emu, 2, schedule=s)[2] for s in ((0, 0), (1, 0))]
     assert not torch.equal(outs[0], outs[1])
+
+
+def test_emulator_exposes_a_race_between_warps_by_letting_one_run_ahead(emu):
+    """A warp rewrites shared memory the other warp has not read yet (no __syncthreads after
+    the reads): threads in step (forward, reverse, shuffled) all read the first round's values;
+    with one warp ahead, the other reads the second round's."""
+    in_step = [_selftest(emu, 6, schedule=s) for s in ((0, 0), (1, 0), (2, 7))]
+    for err, fault, out in in_step:
+        assert (err, fault) == (0, "")
+        assert torch.equal(out, in_step[0][2])
+    err, fault, ahead = _selftest(emu, 6, schedule=(3, 0))
+    assert (err, fault) == (0, "")
+    assert not torch.equal(ahead, in_step[0][2])
 
 
 def test_emulator_poisons_unwritten_dynamic_shared_memory(emu):

@@ -44,7 +44,8 @@ struct Fiber {
 };
 
 struct State {
-  // schedule: 0 forward, 1 reverse, 2 shuffled (seeded)
+  // schedule: 0 forward, 1 reverse, 2 shuffled (seeded), 3 warps ahead (the last warp with a
+  // runnable thread runs alone until all its threads wait at __syncthreads or exit)
   int policy = 0;
   uint64_t seed = 0;
   std::mt19937_64 rng;
@@ -218,6 +219,11 @@ void run_block(int nthreads) {
       set_fault(deadlock_report(nthreads));
       s.aborted = true;
       return;
+    }
+    if (s.policy == 3) {  // only the last warp with a runnable thread: it gets ahead of the others
+      const int warp = s.fibers[order.back()].warp;
+      order.erase(std::remove_if(order.begin(), order.end(), [&](int i) { return s.fibers[i].warp != warp; }),
+                  order.end());
     }
     if (s.policy == 1) std::reverse(order.begin(), order.end());
     if (s.policy == 2) std::shuffle(order.begin(), order.end(), s.rng);

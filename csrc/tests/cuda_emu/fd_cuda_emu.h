@@ -18,7 +18,11 @@
 //  - reads of dynamic shared memory before any write: it is filled with 0xFF bytes (NaN,
 //    -1) at the start of every block;
 //  - intra-phase races, by running the fibers of each phase in a chosen order (forward,
-//    reverse, or shuffled with a seed): a kernel whose output depends on the order has a race.
+//    reverse, or shuffled with a seed): a kernel whose output depends on the order has a race;
+//    and races between warps, by letting one warp run ahead ("warps ahead": the last warp with
+//    a runnable thread runs alone, through its warp-level barriers, until all its threads wait
+//    at __syncthreads): a warp that rewrites shared memory another warp has not read yet, with
+//    no __syncthreads between, changes the output.
 // What it cannot check: timing, occupancy, memory coalescing, FMA contraction by nvcc,
 // libdevice accuracy (expf is the host's), or races between blocks (they never overlap here).
 #pragma once

@@ -36,6 +36,23 @@ __global__ void uninitialised_shared_kernel(float* out) {
   if (threadIdx.x == 0) out[0] = scratch[5];
 }
 
+// 6: each warp sums its lanes and publishes the sum in shared memory; every thread reads both
+// sums; the next round rewrites them with no __syncthreads after the reads. Threads that run in
+// step read the first round's sums; a warp that runs ahead overwrites a sum the other warp has
+// not read yet (the schedule "warps ahead" shows it, the in-step schedules cannot).
+__global__ void cross_warp_race_kernel(float* out) {
+  __shared__ float sums[2];
+  float total = 0.f;
+  for (int round = 0; round < 2; ++round) {
+    float v = static_cast<float>(threadIdx.x + 100 * round);
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    if (threadIdx.x % 32 == 0) sums[threadIdx.x / 32] = v;
+    __syncthreads();
+    total += sums[0] + sums[1];
+  }
+  out[threadIdx.x] = total;
+}
+
 }  // namespace
 
 extern "C" int fd_emu_selftest(int which, float* out, int n) {
@@ -47,6 +64,7 @@ extern "C" int fd_emu_selftest(int which, float* out, int n) {
     case 3: uninitialised_shared_kernel<<<1, 32, 64 * sizeof(float)>>>(out); break;
     case 4: uninitialised_shared_kernel<<<1, 32, 64 * 1024>>>(out); break;  // > 48 KiB, no opt-in
     case 5: racy_kernel<<<1, 2048>>>(out); break;                            // > 1024 threads
+    case 6: cross_warp_race_kernel<<<1, 64>>>(out); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
