@@ -120,7 +120,7 @@ block_match_kernel(const float* __restrict__ guide, int64_t H, int64_t W, int pa
       dist[out + s] = bd;
       index[out + s] = bk < 0 ? py * W + px : static_cast<int64_t>(bk);
     }
-    if (bt == mt) {  // this thread owns the winner (each t has one owner)
+    if (bt >= 0 && bt == mt) {  // this thread owns the winner (each t has one owner)
       sk[bt] = INT_MAX;  // taken
       own_best(sd, sk, n, tid, kThreads, md, mk, mt);
     }
