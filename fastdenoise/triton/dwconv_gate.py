@@ -49,7 +49,7 @@ DWCONV_GATE_NAME = "fastdenoise::dwconv_gate_triton"
 # and sm_80, every dtype, with and without bias, under triton 3.6 and 3.9
 # (scripts/triton_aot_check.py; not timed on a GPU yet).
 _TILE = 512
-# NCHW: half that, over 8 warps. At 1024 and 4 warps (8 x 64 pixels x 2 channels) the float16
+# NCHW: 512 too, over 8 warps. At 1024 and 4 warps (8 x 64 pixels x 2 channels) the float16
 # build for sm_90 spilled 168 bytes per thread on a 1080p map, and 512 over 4 warps still spilled
 # on small maps of many channels (8 x 16 x 4); 512 over 8 warps spills nowhere on sm_90 or sm_80,
 # float16 or float32, at 40-78 registers (scripts/triton_aot_check.py; not timed on a GPU yet).
