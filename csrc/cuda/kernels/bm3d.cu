@@ -42,70 +42,6 @@ __device__ void transform_blocks(const float* __restrict__ m, float* __restrict_
   }
 }
 
-// The Haar transform along the group of bm3d_haar_forward / bm3d_haar_inverse (fastdenoise/bm3d.h:
-// the same butterflies, so the same bits), for a group size N known at compile time: every loop
-// unrolls, the column lives in registers. The shared versions' scratch t[kBm3dMaxGroup], indexed
-// by a run-time n, is a 128-byte local-memory array per thread on the GPU (ptxas: a 128-byte stack
-// frame); here there is none.
-
-// One level of the forward transform on the approximations t[0, LEN), then the next level.
-template <int LEN>
-__device__ __forceinline__ void haar_forward_levels(float* t) {
-  float u[LEN];
-#pragma unroll
-  for (int i = 0; i < LEN / 2; ++i) {
-    const float a = t[2 * i], b = t[2 * i + 1];
-    u[i] = (a + b) * kBm3dHaarScale;
-    u[LEN / 2 + i] = (a - b) * kBm3dHaarScale;
-  }
-#pragma unroll
-  for (int i = 0; i < LEN; ++i) t[i] = u[i];
-  if constexpr (LEN > 2) haar_forward_levels<LEN / 2>(t);
-}
-
-// One level of the inverse transform, rebuilding t[0, LEN) from LEN / 2 approximations and as
-// many details, then the next level up to N.
-template <int LEN, int N>
-__device__ __forceinline__ void haar_inverse_levels(float* t) {
-  float u[LEN];
-#pragma unroll
-  for (int i = 0; i < LEN / 2; ++i) {
-    const float a = t[i], d = t[LEN / 2 + i];
-    u[2 * i] = (a + d) * kBm3dHaarScale;
-    u[2 * i + 1] = (a - d) * kBm3dHaarScale;
-  }
-#pragma unroll
-  for (int i = 0; i < LEN; ++i) t[i] = u[i];
-  if constexpr (LEN < N) haar_inverse_levels<2 * LEN, N>(t);
-}
-
-template <int N>
-__device__ __forceinline__ void haar_group_n(float* __restrict__ v, int stride, bool inverse) {
-  float t[N];
-#pragma unroll
-  for (int i = 0; i < N; ++i) t[i] = v[i * stride];
-  if (inverse) {
-    haar_inverse_levels<2, N>(t);
-  } else {
-    haar_forward_levels<N>(t);
-  }
-#pragma unroll
-  for (int i = 0; i < N; ++i) v[i * stride] = t[i];
-}
-
-// n: a power of two <= kBm3dMaxGroup (the kernel has checked it); n = 1 is the identity.
-__device__ __forceinline__ void haar_group(float* v, int n, int stride, bool inverse) {
-  static_assert(kBm3dMaxGroup == 32, "haar_group dispatches the group sizes up to 32");
-  switch (n) {
-    case 2: haar_group_n<2>(v, stride, inverse); break;
-    case 4: haar_group_n<4>(v, stride, inverse); break;
-    case 8: haar_group_n<8>(v, stride, inverse); break;
-    case 16: haar_group_n<16>(v, stride, inverse); break;
-    case 32: haar_group_n<32>(v, stride, inverse); break;
-    default: break;
-  }
-}
-
 __global__ void __launch_bounds__(kThreads)
 bm3d_group_kernel(const float* __restrict__ noisy, const float* __restrict__ pilot,
                   const int64_t* __restrict__ index, const int64_t* __restrict__ size,
@@ -173,11 +109,11 @@ bm3d_group_kernel(const float* __restrict__ noisy, const float* __restrict__ pil
     const int c = tid / kBm3dArea, pp = tid % kBm3dArea;
     const float sc = sigma[b * C + c];
     float* col = z + c * K * kBm3dArea + pp;
-    haar_group(col, n, kBm3dArea, false);
+    bm3d_haar_forward(col, n, kBm3dArea);
     long long q = 0;
     if (wiener) {
       float* pcol = zp + c * K * kBm3dArea + pp;
-      haar_group(pcol, n, kBm3dArea, false);
+      bm3d_haar_forward(pcol, n, kBm3dArea);
       const float s2 = __fmul_rn(sc, sc);
       for (int j = 0; j < n; ++j) {
         const float pv = pcol[j * kBm3dArea];
@@ -197,7 +133,7 @@ bm3d_group_kernel(const float* __restrict__ noisy, const float* __restrict__ pil
       }
     }
     q_part[tid] = q;
-    haar_group(col, n, kBm3dArea, true);
+    bm3d_haar_inverse(col, n, kBm3dArea);
   }
   __syncthreads();
 

@@ -51,32 +51,66 @@ constexpr float kBm3dHaarScale = 0.70710678118654752440f;
 // Orthonormal Haar transform (full decomposition) of n values v[0], v[stride], ...,
 // v[(n - 1) * stride] in place, n a power of two <= kBm3dMaxGroup. Level by level on the
 // approximation part: a_i = (v_2i + v_2i+1) * s, d_i = (v_2i - v_2i+1) * s; approximations first.
-FD_HOST_DEVICE inline void bm3d_haar_forward(float* v, int n, int stride) {
-  float t[kBm3dMaxGroup];
-  for (int len = n; len > 1; len >>= 1) {
-    const int half = len >> 1;
-    for (int i = 0; i < half; ++i) {
-      const float a = v[(2 * i) * stride], b = v[(2 * i + 1) * stride];
-      t[i] = (a + b) * kBm3dHaarScale;
-      t[half + i] = (a - b) * kBm3dHaarScale;
-    }
-    for (int i = 0; i < len; ++i) v[i * stride] = t[i];
+// (The CPU kernel applies the same butterflies to 64 positions at once, bm3d_cpu.cpp.)
+// One instantiation per group size: every loop has a compile-time trip count and the column is
+// held in a local array of that size, which the CUDA build keeps in registers (a scratch indexed
+// by a run-time n was a 128-byte local-memory stack frame per thread).
+template <int LEN>
+FD_HOST_DEVICE inline void bm3d_haar_forward_levels(float* t) {  // t[0, LEN): this level, then the next
+  float u[LEN];
+  for (int i = 0; i < LEN / 2; ++i) {
+    const float a = t[2 * i], b = t[2 * i + 1];
+    u[i] = (a + b) * kBm3dHaarScale;
+    u[LEN / 2 + i] = (a - b) * kBm3dHaarScale;
+  }
+  for (int i = 0; i < LEN; ++i) t[i] = u[i];
+  if constexpr (LEN > 2) bm3d_haar_forward_levels<LEN / 2>(t);
+}
+
+// The inverse's level rebuilding t[0, LEN) from LEN / 2 approximations and as many details,
+// then the next level up to N.
+template <int LEN, int N>
+FD_HOST_DEVICE inline void bm3d_haar_inverse_levels(float* t) {
+  float u[LEN];
+  for (int i = 0; i < LEN / 2; ++i) {
+    const float a = t[i], d = t[LEN / 2 + i];
+    u[2 * i] = (a + d) * kBm3dHaarScale;
+    u[2 * i + 1] = (a - d) * kBm3dHaarScale;
+  }
+  for (int i = 0; i < LEN; ++i) t[i] = u[i];
+  if constexpr (LEN < N) bm3d_haar_inverse_levels<2 * LEN, N>(t);
+}
+
+template <int N>
+FD_HOST_DEVICE inline void bm3d_haar_n(float* v, int stride, bool inverse) {
+  float t[N];
+  for (int i = 0; i < N; ++i) t[i] = v[i * stride];
+  if (inverse) {
+    bm3d_haar_inverse_levels<2, N>(t);
+  } else {
+    bm3d_haar_forward_levels<N>(t);
+  }
+  for (int i = 0; i < N; ++i) v[i * stride] = t[i];
+}
+
+// n = 1 is the identity; other sizes (not powers of two, or above kBm3dMaxGroup) are rejected
+// before any transform by the kernels' group checks.
+FD_HOST_DEVICE inline void bm3d_haar(float* v, int n, int stride, bool inverse) {
+  static_assert(kBm3dMaxGroup == 32, "bm3d_haar dispatches the group sizes up to 32");
+  switch (n) {
+    case 2: bm3d_haar_n<2>(v, stride, inverse); break;
+    case 4: bm3d_haar_n<4>(v, stride, inverse); break;
+    case 8: bm3d_haar_n<8>(v, stride, inverse); break;
+    case 16: bm3d_haar_n<16>(v, stride, inverse); break;
+    case 32: bm3d_haar_n<32>(v, stride, inverse); break;
+    default: break;
   }
 }
 
+FD_HOST_DEVICE inline void bm3d_haar_forward(float* v, int n, int stride) { bm3d_haar(v, n, stride, false); }
+
 // Inverse of bm3d_haar_forward.
-FD_HOST_DEVICE inline void bm3d_haar_inverse(float* v, int n, int stride) {
-  float t[kBm3dMaxGroup];
-  for (int len = 2; len <= n; len <<= 1) {
-    const int half = len >> 1;
-    for (int i = 0; i < half; ++i) {
-      const float a = v[i * stride], d = v[(half + i) * stride];
-      t[2 * i] = (a + d) * kBm3dHaarScale;
-      t[2 * i + 1] = (a - d) * kBm3dHaarScale;
-    }
-    for (int i = 0; i < len; ++i) v[i * stride] = t[i];
-  }
-}
+FD_HOST_DEVICE inline void bm3d_haar_inverse(float* v, int n, int stride) { bm3d_haar(v, n, stride, true); }
 
 // Aggregation weight of a group: smin / max(sum_c sigma_c^2 * q_c, smin), with smin the smallest
 // sigma_c^2 and q_c the channel's number of kept coefficients (hard thresholding) or sum of
