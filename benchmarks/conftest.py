@@ -18,6 +18,11 @@ bandwidth. Run metadata (device, GPU, torch / triton / CUDA / cuDNN versions,
 ``fastdenoise.build_info()``, git commit, date, copy bandwidth) goes into the JSON's
 ``machine_info["fastdenoise"]`` and, in short, into each benchmark's ``extra_info``.
 
+DRAM traffic: ``--bench-ncu-log PATH``, for a run under ``ncu --profile-from-start off`` (the
+``ncu`` stage of ``scripts/gpu_check.sh``), runs each op contender once more inside a profiled
+range opened by a marker kernel and logs it to PATH; ``benchmarks/ncu_report.py`` pairs the log
+with ncu's kernels and compares the bytes moved with the op's minimum.
+
 ``torch.compile`` (the ``compiled`` contenders): ``--bench-compile auto|yes|no``. ``auto`` (the
 default) compiles everything, except on CPU with ``--benchmark-disable`` (the CI smoke run on a
 small CPU), where compiling the *models* takes minutes on two cores: those compiled contenders are
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import json
 import os
 import pathlib
 import platform
@@ -42,6 +48,9 @@ import torch
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Per-kind benchmark settings: (rounds, warm-up rounds). ``--bench-rounds`` overrides the rounds.
+#: cycles of the marker kernel that opens each profiled call under ``--bench-ncu-log``
+NCU_MARKER_CYCLES = 1000
+
 ROUNDS = {
     ("cuda", "op"): (25, 5),
     ("cuda", "model"): (5, 2),
@@ -63,6 +72,12 @@ def pytest_addoption(parser):
                          "model ones on CPU with --benchmark-disable)")
     group.addoption("--bench-rounds", type=int, default=None,
                     help="timed rounds per benchmark (default: per device and kind, see conftest.ROUNDS)")
+    group.addoption("--bench-ncu-log", default=None, metavar="PATH",
+                    help="for a run under `ncu --profile-from-start off` (CUDA only): after each op "
+                         "benchmark's warm call, run the contender once more between "
+                         "cudaProfilerStart/Stop, behind a marker kernel, and append a JSON line "
+                         "(group, contender, bytes_moved) to PATH; benchmarks/ncu_report.py pairs "
+                         "the lines with ncu's kernels")
 
 
 def bench_device(config) -> torch.device:
@@ -91,6 +106,10 @@ def pytest_configure(config):
     if config.getoption("--bench-device") == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--bench-device cuda: torch sees no CUDA device "
                                 f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    if config.getoption("--bench-ncu-log") and bench_device(config).type != "cuda":
+        raise pytest.UsageError("--bench-ncu-log: the profiled calls need the CUDA device, but the "
+                                f"benchmarks run on {bench_device(config).type} "
+                                f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
 
 
 def fresh_compile(fn, **kwargs):
@@ -335,6 +354,9 @@ class Bench:
 
         if self.enabled and dev.type == "cuda":
             b.extra_info.update(self.peak_memory(fn))
+        ncu_log = self.config.getoption("--bench-ncu-log")
+        if ncu_log and kind == "op":
+            self.ncu_profiled_call(fn, ncu_log, group=group, contender=contender, bytes_moved=bytes_moved)
 
         if dev.type == "cuda":
             def target():
@@ -347,6 +369,49 @@ class Bench:
         else:
             target, setup = fn, None
         return b.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=warmup_rounds)
+
+    def ncu_profiled_call(self, fn, path: str, **record) -> None:
+        """One call of ``fn`` for Nsight Compute to measure, and a line in ``path`` naming it.
+
+        A warm call first (Triton compilation, autotuning and first-touch allocations happen
+        there, outside the profiled range); then, between ``cudaProfilerStart`` and
+        ``cudaProfilerStop``, the marker kernel (``torch.cuda._sleep``: ATen's ``spin_kernel``)
+        and the call. Under ``ncu --profile-from-start off`` only those kernels are profiled, in
+        launch order, so the k-th marker opens the kernels of the k-th line of ``path``.
+        """
+        dev = self.device
+        out = fn()
+        del out
+        torch.cuda.synchronize(dev)
+        meta = run_metadata(dev.type)
+        record.update({
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0],
+            "meta": {k: meta.get(k) for k in ("gpu", "gpu_capability", "cuda_driver", "torch", "torch_cuda",
+                                             "triton", "python", "git_commit", "git_dirty", "date")},
+        })
+        marked = False
+        torch.cuda.profiler.start()
+        try:
+            torch.cuda._sleep(NCU_MARKER_CYCLES)
+            marked = True
+            out = fn()
+            torch.cuda.synchronize(dev)
+            del out
+        except BaseException as e:
+            # The marker is in the profile: its line must be too, or every later call would be
+            # paired with the wrong kernels.
+            if marked:
+                record["error"] = f"{type(e).__name__}: {e}"[:300]
+                self._append_line(path, record)
+            raise
+        finally:
+            torch.cuda.profiler.stop()
+        self._append_line(path, record)
+
+    @staticmethod
+    def _append_line(path: str, record: dict) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
     def peak_memory(self, fn) -> dict:
         """Peak CUDA memory of one call: absolute, and above what was allocated before it."""

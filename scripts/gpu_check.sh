@@ -19,7 +19,9 @@
 #   RIDNet before and after fastdenoise.patch), bench-restormer-ops (bench_restormer_ops.json:
 #   MDTA core and block, dwconv_gate, GDFN block, the 1x1 + depthwise input stage),
 #   bench-tiling (bench_tiling.json: tiled vs untiled, huge host-resident images, the
-#   StreamDenoiser frame rate), report (bench.md).
+#   StreamDenoiser frame rate), ncu (ncu.md: the DRAM bytes each op benchmark's eager and fused
+#   contenders really move, from Nsight Compute, against the op's minimum; ncu_ops.ncu-rep,
+#   ncu_ops.csv, ncu_cases.jsonl beside it), report (bench.md).
 # A failed stage does not stop the run; the script exits non-zero if any stage failed.
 #
 # Time: the whole run is held to GPU_CHECK_BUDGET_S seconds (default 520, so it ends within
@@ -35,6 +37,7 @@
 #   GPU_CHECK_ONLY         space-separated stage names to run (default: all); the others are
 #                          recorded as "not selected" and do not fail the run
 #   BENCH_ARGS             extra arguments for both benchmark runs (e.g. "--bench-compile no")
+#   NCU_BENCH_ARGS         extra arguments for the benchmarks run under ncu (e.g. "-k mdta")
 #
 # Real data: the tests read ../shared beside the checkout, which does not travel to a GPU machine.
 # Copy it into an ignored folder of the checkout first and carry it, e.g. here:
@@ -45,6 +48,7 @@
 # working tree between the calls):
 #   GPU_CHECK_ONLY="nvidia-smi build info tests triton sanitizer" bash scripts/gpu_check.sh OUT1
 #   GPU_CHECK_ONLY="bench-haar bench-models bench-classic report" bash scripts/gpu_check.sh OUT2
+#   GPU_CHECK_ONLY="bench-norm-gate bench-restormer-ops ncu report" bash scripts/gpu_check.sh OUT3
 # Where only a few files can be brought back from the machine, bundle the folder afterwards:
 #   tar -czf gpu_check.tgz -C OUTDIR .
 set -euo pipefail
@@ -221,6 +225,31 @@ s_bench_patch() { bench_suite patch; }
 s_bench_restormer_ops() { bench_suite restormer_ops; }
 s_bench_tiling() { bench_suite tiling; }
 
+s_ncu() {
+  # The op benchmarks once more, under Nsight Compute: each eager / fused contender's call is
+  # profiled behind a marker kernel (--bench-ncu-log, benchmarks/conftest.py), with only the
+  # DRAM byte counters and the kernel time collected (one pass per kernel). Clocks are left
+  # alone (--clock-control none, as the device notes ask). No torch.compile here: its kernels
+  # are timed by the bench-* stages, and compiling them again would cost minutes.
+  command -v ncu
+  ncu --version | tail -n 1
+  local cases="$OUTDIR/ncu_cases.jsonl" rep="$OUTDIR/ncu_ops"
+  rm -f "$cases" "$rep.ncu-rep"
+  local rc=0
+  # shellcheck disable=SC2086
+  ncu --profile-from-start off --clock-control none --target-processes all \
+    --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+    --export "$rep" --force-overwrite \
+    "$PY" -m pytest benchmarks/bench_norm_gate.py benchmarks/bench_restormer_ops.py benchmarks/bench_haar.py \
+    -q -p no:cacheprovider --bench-device cuda --benchmark-disable --bench-compile no \
+    --bench-ncu-log "$cases" ${NCU_BENCH_ARGS:-} || rc=$?
+  # A failed benchmark still leaves the others' measurements: report them, then fail the stage.
+  ncu --import "$rep.ncu-rep" --csv --page details --print-units base >"$OUTDIR/ncu_ops.csv"
+  "$PY" benchmarks/ncu_report.py "$OUTDIR/ncu_ops.csv" "$cases" -o "$OUTDIR/ncu.md"
+  sed -n '/^## Summary/,/^## Kernels/p' "$OUTDIR/ncu.md" | sed '$d'
+  return $rc
+}
+
 s_report() {
   local files=()
   for f in "$OUTDIR/bench_haar.json" "$OUTDIR/bench_models.json" "$OUTDIR/bench_classic.json" \
@@ -250,6 +279,7 @@ stage bench-norm-gate 120 s_bench_norm_gate 20
 stage bench-patch  300 s_bench_patch  20
 stage bench-restormer-ops 300 s_bench_restormer_ops 20
 stage bench-tiling 300 s_bench_tiling 20
+stage ncu          300 s_ncu          20
 stage report        60 s_report always
 
 echo
@@ -258,5 +288,9 @@ cat "$SUMMARY"
 if [ -s "$OUTDIR/bench.md" ]; then
   echo
   sed -n '/^## Summary/,/^## Groups/p' "$OUTDIR/bench.md" | sed '$d'
+fi
+if [ -s "$OUTDIR/ncu.md" ]; then
+  echo
+  sed -n '/^## Summary/,/^## Kernels/p' "$OUTDIR/ncu.md" | sed '$d'
 fi
 exit $FAILED
