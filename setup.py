@@ -1,5 +1,6 @@
 """Builds fastdenoise._C: the CPU sources always, the CUDA sources when a CUDA-enabled torch
-and nvcc are there (or FORCE_CUDA=1). Honours TORCH_CUDA_ARCH_LIST and MAX_JOBS.
+and a CUDA toolkit of the same major version are there (``_setup_cuda.py`` checks, and says why
+not; FORCE_CUDA=1 makes that an error). Honours TORCH_CUDA_ARCH_LIST and MAX_JOBS.
 
     pip install --no-build-isolation -e .
 """
@@ -45,14 +46,21 @@ def _extensions():
     import torch
     from torch.utils import cpp_extension
 
+    sys.path.insert(0, ROOT)
+    from _setup_cuda import plan_cuda
+
     force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
-    torch_cuda = torch.version.cuda is not None
-    have_nvcc = cpp_extension.CUDA_HOME is not None
-    with_cuda = torch_cuda and have_nvcc
+    plan = plan_cuda(torch.version.cuda, cpp_extension.CUDA_HOME)
+    for note in plan.notes:
+        _say(note)
+    with_cuda = plan.with_cuda
     if force_cuda and not with_cuda:
-        why = "torch is a CPU-only build" if not torch_cuda else "nvcc / CUDA_HOME was not found"
-        raise RuntimeError(f"FORCE_CUDA=1 but the CUDA sources cannot be built: {why} "
+        raise RuntimeError(f"FORCE_CUDA=1 but the CUDA sources cannot be built: {plan.why} "
                            f"(torch {torch.__version__}, CUDA_HOME={cpp_extension.CUDA_HOME}).")
+    if with_cuda and plan.cuda_home != cpp_extension.CUDA_HOME:
+        # torch's build helpers read the module's CUDA_HOME when they run (nvcc, include, lib64)
+        cpp_extension.CUDA_HOME = plan.cuda_home
+        os.environ["CUDA_HOME"] = plan.cuda_home
 
     sources = ["csrc/fastdenoise.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     gen_dir = os.path.join(ROOT, "build", "generated")
@@ -75,15 +83,15 @@ def _extensions():
                    f'#define FASTDENOISE_CUDA_VERSION "{torch.version.cuda}"',
                    f'#define FASTDENOISE_CUDA_ARCHS "{";".join(archs)}"']
         _say(f"building CPU + CUDA kernels (torch {torch.__version__}, CUDA {torch.version.cuda}, "
-             f"nvcc at {cpp_extension.CUDA_HOME}, archs {' '.join(archs) or 'torch default'})")
+             f"nvcc {plan.nvcc_version} at {cpp_extension.CUDA_HOME}, archs {' '.join(archs) or 'torch default'})")
     else:
-        why = "torch is a CPU-only build" if not torch_cuda else "nvcc / CUDA_HOME not found"
-        _say(f"building CPU kernels only ({why}; torch {torch.__version__})")
+        _say(f"building CPU kernels only ({plan.why}; torch {torch.__version__})")
     _say(f"sources: {' '.join(sources)}; MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}")
     _write_if_changed(os.path.join(gen_dir, "fastdenoise", "build_config.h"), "\n".join(config) + "\n")
     _write_if_changed(os.path.join(ROOT, "fastdenoise", "_build_meta.py"),
                       "# Written by setup.py: what fastdenoise._C was built against.\n"
-                      f"TORCH_VERSION = {torch.__version__!r}\nWITH_CUDA = {with_cuda!r}\n")
+                      f"TORCH_VERSION = {torch.__version__!r}\nWITH_CUDA = {with_cuda!r}\n"
+                      f"CUDA_SKIPPED = {None if with_cuda else plan.why!r}\n")
 
     include_dirs = [os.path.join(ROOT, "csrc", "include"), gen_dir, os.path.join(ROOT, "csrc")]
     link = ["-fopenmp"] if sys.platform.startswith("linux") else []

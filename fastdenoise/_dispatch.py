@@ -43,9 +43,12 @@ _WARNED: set = set()
 def _warn_reference_once(op: str, device: torch.device) -> None:
     if op not in _WARNED:
         _WARNED.add(op)
+        why = _ext.load_error()
+        if why is None:
+            skipped = _ext.cuda_skipped()
+            why = "the extension was built without CUDA" + (f": {skipped}" if skipped else "")
         warnings.warn(f"fastdenoise::{op}: no compiled kernel and no Triton for {device.type} tensors "
-                      f"here ({_ext.load_error() or 'the extension was built without CUDA'}); the plain "
-                      "PyTorch reference serves.", RuntimeWarning, stacklevel=3)
+                      f"here ({why}); the plain PyTorch reference serves.", RuntimeWarning, stacklevel=3)
 
 
 def default_backend() -> Optional[str]:

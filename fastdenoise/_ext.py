@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["extension", "build_info", "has_kernel", "load_error"]
+__all__ = ["extension", "build_info", "has_kernel", "load_error", "cuda_skipped"]
 
 _C: Optional[Any] = None
 _INFO: dict = {}
@@ -29,13 +29,24 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
-def _built_for() -> Optional[str]:
-    """The torch version setup.py recorded next to _C, if any (read without loading _C)."""
+def _build_meta(name: str) -> Optional[Any]:
+    """A value setup.py recorded next to _C (read without loading _C), or None."""
     try:
         meta = importlib.import_module("fastdenoise._build_meta")
     except ImportError:
         return None
-    return getattr(meta, "TORCH_VERSION", None)
+    return getattr(meta, name, None)
+
+
+def _built_for() -> Optional[str]:
+    """The torch version setup.py recorded next to _C, if any."""
+    return _build_meta("TORCH_VERSION")
+
+
+def cuda_skipped() -> Optional[str]:
+    """Why setup.py built no CUDA kernels (e.g. "torch is a CPU-only build", or a toolkit whose
+    major version is not torch's), or None when it built them or did not say."""
+    return _build_meta("CUDA_SKIPPED")
 
 
 def _load() -> None:
@@ -84,6 +95,8 @@ def build_info() -> dict:
     info = dict(_INFO)
     info["loaded"] = True
     info["ops"] = _registered_ops()
+    if not info.get("cuda"):
+        info["cuda_skipped"] = cuda_skipped()
     return info
 
 

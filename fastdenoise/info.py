@@ -51,7 +51,7 @@ def format_info(info: dict) -> str:
             f"extension _C     loaded: built for torch {ext['torch_version']} by {ext['build_system']} "
             f"({ext['compiler']}, OpenMP {'on' if ext.get('openmp') else 'off'})",
             "  CUDA kernels   " + (f"yes, CUDA {ext['cuda_version']}, archs {' '.join(ext['cuda_archs']) or '?'}"
-                                    if ext["cuda"] else "no (CPU-only build)"),
+                                    if ext["cuda"] else f"no ({ext.get('cuda_skipped') or 'CPU-only build'})"),
             "  ops            " + (", ".join(f"{k.split('::')[1]} [{'/'.join(v)}]" for k, v in ext["ops"].items())
                                    or "none"),
         ]

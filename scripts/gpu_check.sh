@@ -140,10 +140,11 @@ s_build() {
   echo "FORCE_CUDA=$FORCE_CUDA TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
   "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'available', torch.cuda.is_available())"
   command -v nvcc && nvcc --version | tail -n 2
-  # torch's CUDA headers include cuBLAS / cuSPARSE / cuSOLVER ones; where the toolkit beside nvcc
-  # lacks them, those of torch's CUDA pip packages (nvidia/cu13/include, or nvidia/<lib>/include
-  # in older layouts) are searched after it (CPATH: after the -I folders). This is how
-  # scripts/device_env_check.sh builds against torch 2.11+cu130 on a machine with only the runtime.
+  # Some of torch's CUDA headers include cuBLAS / cuSPARSE / cuSOLVER ones. fastdenoise's sources
+  # include none of those today (a build against a toolkit without them was checked), but where
+  # the toolkit beside nvcc lacks them, those of torch's CUDA pip packages (nvidia/cu13/include,
+  # or nvidia/<lib>/include in older layouts) are searched after it (CPATH: after the -I folders),
+  # so a source that comes to need them still builds here.
   local cuda_home; cuda_home=$("$PY" -c "from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME or '')")
   if [ -n "$cuda_home" ] && [ ! -f "$cuda_home/include/cublas_v2.h" ]; then
     local extra; extra=$("$PY" -c "import glob, os, site; print(':'.join(sorted(d for sp in site.getsitepackages() for d in glob.glob(os.path.join(sp, 'nvidia', '*', 'include')))))")

@@ -1,8 +1,11 @@
-"""setup.py says what it builds and refuses FORCE_CUDA=1 where CUDA cannot be built."""
+"""setup.py says what it builds and refuses FORCE_CUDA=1 where CUDA cannot be built; its CUDA
+check (``_setup_cuda.py``) against toolkits made in the tests (a fake ``nvcc`` per case)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import stat
 import subprocess
 import sys
 
@@ -43,3 +46,112 @@ def test_cuda_sources_build_when_forced_on_a_cuda_torch():
     assert out.returncode == 0, out.stderr
     assert "building CPU + CUDA kernels" in out.stderr and "sm_90" in out.stderr
     assert "csrc/cuda/kernels/haar.cu" in out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# _setup_cuda.plan_cuda: the toolkit checks, on fake toolkits
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def setup_cuda():
+    spec = importlib.util.spec_from_file_location("fastdenoise_setup_cuda", REPO / "_setup_cuda.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod          # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+
+
+def _toolkit(root, release="13.0", headers=True, top=None, nvcc=True):
+    """A folder with bin/nvcc (a shell script answering --version and -dryrun) and, with
+    ``headers``, include/cuda_runtime.h; ``top``: the TOP its -dryrun names (default: itself)."""
+    (root / "bin").mkdir(parents=True)
+    if headers:
+        (root / "include").mkdir()
+        (root / "include" / "cuda_runtime.h").write_text("/* fake */\n")
+    if nvcc:
+        script = root / "bin" / "nvcc"
+        script.write_text("#!/bin/sh\n"
+                          'case "$1" in\n'
+                          f'  --version) echo "Cuda compilation tools, release {release}, V{release}.1" ;;\n'
+                          f'  -dryrun) echo "#$ _HERE_={top or root}/bin"; echo "#$ TOP={top or root}/bin/.." ;;\n'
+                          "  *) exit 1 ;;\n"
+                          "esac\n")
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(root)
+
+
+needs_sh = pytest.mark.skipif(sys.platform == "win32", reason="the fake nvcc is a shell script")
+
+
+def test_plan_without_cuda_torch_or_toolkit(setup_cuda):
+    p = setup_cuda.plan_cuda(None, "/usr/local/cuda")
+    assert not p.with_cuda and p.why == "torch is a CPU-only build"
+    p = setup_cuda.plan_cuda("13.0", None)
+    assert not p.with_cuda and "nvcc / CUDA_HOME not found" in p.why
+
+
+@needs_sh
+def test_plan_matching_toolkit_builds_cuda(setup_cuda, tmp_path):
+    home = _toolkit(tmp_path / "cuda-13.0", "13.0")
+    p = setup_cuda.plan_cuda("13.0", home)
+    assert p.with_cuda and p.cuda_home == home and p.nvcc_version == "13.0" and p.why is None and not p.notes
+    # another minor version: torch only warns, so it builds
+    p = setup_cuda.plan_cuda("13.1", home)
+    assert p.with_cuda and p.nvcc_version == "13.0"
+
+
+@needs_sh
+def test_plan_major_mismatch_is_named(setup_cuda, tmp_path):
+    home = _toolkit(tmp_path / "cuda-12.8", "12.8")
+    p = setup_cuda.plan_cuda("13.0", home)
+    assert not p.with_cuda and p.nvcc_version == "12.8"
+    assert "is CUDA 12.8 but torch was built with CUDA 13.0: the major versions must match" in p.why
+    assert os.path.join(home, "bin", "nvcc") in p.why
+
+
+@needs_sh
+def test_plan_runtime_without_nvcc(setup_cuda, tmp_path):
+    home = _toolkit(tmp_path / "runtime", nvcc=False)
+    p = setup_cuda.plan_cuda("13.0", home)
+    assert not p.with_cuda and f"CUDA_HOME={home} has no bin/nvcc" in p.why
+
+
+@needs_sh
+def test_plan_wrapper_nvcc_uses_the_real_toolkit(setup_cuda, tmp_path):
+    """CUDA_HOME guessed from a wrapper script (/usr/local/bin/nvcc -> /usr/local): no headers
+    there, but nvcc -dryrun names the toolkit it runs from."""
+    real = _toolkit(tmp_path / "cuda-13.0", "13.0")
+    wrapper = _toolkit(tmp_path / "local", "13.0", headers=False, top=real)
+    p = setup_cuda.plan_cuda("13.0", wrapper)
+    assert p.with_cuda and p.cuda_home == os.path.realpath(real)
+    assert p.notes == [f"CUDA_HOME={wrapper} has no include/cuda_runtime.h; using the toolkit its nvcc runs "
+                       f"from, {os.path.realpath(real)}"]
+    # a wrapper whose toolkit has no headers either: named, not built
+    bare = _toolkit(tmp_path / "bare", "13.0", headers=False)
+    p = setup_cuda.plan_cuda("13.0", bare)
+    assert not p.with_cuda and f"CUDA_HOME={bare} has no include/cuda_runtime.h" in p.why
+
+
+@needs_sh
+def test_plan_unreadable_nvcc_version(setup_cuda, tmp_path):
+    home = tmp_path / "odd"
+    _toolkit(home)
+    (home / "bin" / "nvcc").write_text("#!/bin/sh\necho 'something else'\n")
+    p = setup_cuda.plan_cuda("13.0", str(home))
+    assert not p.with_cuda and "names no CUDA release" in p.why
+    (home / "bin" / "nvcc").write_text("#!/bin/sh\nexit 3\n")
+    p = setup_cuda.plan_cuda("13.0", str(home))
+    assert not p.with_cuda and "--version` failed" in p.why
+
+
+def test_build_info_says_why_cuda_was_skipped():
+    import fastdenoise
+
+    info = fastdenoise.build_info()
+    if not info["loaded"] or info["cuda"]:
+        pytest.skip("needs the extension built without CUDA")
+    meta = (REPO / "fastdenoise" / "_build_meta.py").read_text()
+    assert f"CUDA_SKIPPED = {info['cuda_skipped']!r}" in meta
+    if torch.version.cuda is None:
+        assert info["cuda_skipped"] == "torch is a CPU-only build"
