@@ -102,9 +102,13 @@ def poisoned(shape, dtype):
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("case", [
     dict(shape=(2, 1, 29, 37), patch=8, search=39, k=16, stride=3, levels=None),
+    # patch 8 has its own kernel (column runs of 3 candidates): clipped windows and a whole
+    # 39 x 39 one (the reference at (21, 21)), 39 rows = 13 full runs; stride 7 keeps it cheap
+    dict(shape=(1, 1, 48, 48), patch=8, search=39, k=16, stride=7, levels=None),
     dict(shape=(1, 3, 23, 19), patch=5, search=11, k=9, stride=2, levels=None),
     dict(shape=(1, 1, 20, 26), patch=4, search=9, k=12, stride=3, levels=3),   # many equal distances
-], ids=["np-profile", "rgb-small-window", "ties"])
+    dict(shape=(1, 1, 25, 30), patch=8, search=13, k=10, stride=3, levels=3),  # ties, patch-8 kernel
+], ids=["np-profile", "full-window", "rgb-small-window", "ties", "ties-patch8"])
 def test_block_match_matches_cpu_kernel(emu, case, schedule):
     g = torch.Generator().manual_seed(11)
     x = torch.rand(case["shape"], generator=g)

@@ -9,6 +9,11 @@
 // a round costs a few shuffles and two barriers, not a scan of the window (the former one-warp
 // selection walked all ~1500 candidates of a 39 x 39 window per round while 7 warps idled).
 // Keys are unique, so the winner of each round does not depend on the reduction's order.
+// For patch 8 (BM3D's, both stages) the distances come from a kernel specialised for it: the
+// reference patch held in registers and each thread scoring a column of 3 candidates from the
+// 10 image rows they share: 80 loads per 3 candidates, plus the reference's 64 once per thread,
+// where the generic loop makes 128 per candidate (64 of the candidate, 64 of the reference).
+// Not timed yet (no GPU so far): the counts are from the PTX.
 // Distances are summed in float32 in the CPU kernel's order with explicitly rounded operations
 // (no FMA contraction), so both backends give bitwise the same distances and matches.
 #include "block_match.cuh"
@@ -23,6 +28,11 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// Vertically adjacent candidates one thread scores together in the fixed-patch kernel: 3 splits
+// a 39-row window into 13 runs (13 x 39 = 507 tasks: two rounds of 256 threads, 99% busy).
+constexpr int kRun = 3;
+// The patch size with its own kernel (BM3D's "np" profile, both stages).
+constexpr int kFixedPatch = 8;
 
 __device__ __forceinline__ bool before(float da, int ka, float db, int kb) {
   return da < db || (da == db && ka < kb);
@@ -44,6 +54,9 @@ __device__ __forceinline__ void own_best(const float* sd, const int* sk, int n, 
   }
 }
 
+// P > 0: the kernel for patch == P (the reference patch in registers, candidates in column
+// runs); P == 0: any patch size (one candidate per thread, the reference read from memory).
+template <int P>
 __global__ void __launch_bounds__(kThreads)
 block_match_kernel(const float* __restrict__ guide, int64_t H, int64_t W, int patch, int R, int k, int stride,
                    int64_t ny, int64_t nx, int64_t* __restrict__ index, float* __restrict__ dist) {
@@ -62,18 +75,66 @@ block_match_kernel(const float* __restrict__ guide, int64_t H, int64_t W, int pa
   const float* img = guide + b * H * W;
   const float* ref = img + py * W + px;
   const float area = static_cast<float>(patch * patch);
-  for (int t = threadIdx.x; t < n; t += blockDim.x) {
-    const int64_t cy = y0 + t / nwx, cx = x0 + t % nwx;
-    const float* cand = img + cy * W + cx;
-    float acc = 0.f;
-    for (int r = 0; r < patch; ++r) {
-      for (int c = 0; c < patch; ++c) {
-        const float d = __fsub_rn(cand[r * W + c], ref[r * W + c]);
-        acc = __fadd_rn(acc, __fmul_rn(d, d));
+  if constexpr (P > 0) {
+    // The patch size of the build (BM3D's 8): the reference patch lives in registers, and each
+    // thread takes a column of kRun vertically adjacent candidates, which share P + kRun - 1
+    // image rows: every row is loaded once for all of them (consecutive threads take
+    // consecutive columns, so a warp's loads are contiguous). Each candidate's sum still runs
+    // over its rows, then its columns, in order: the distances are those of the generic loop.
+    float rv[P * P];
+#pragma unroll
+    for (int i = 0; i < P * P; ++i) rv[i] = ref[(i / P) * W + i % P];
+    const int nwy = static_cast<int>(y1 - y0 + 1);
+    const int runs = (nwy + kRun - 1) / kRun;
+    for (int task = threadIdx.x; task < runs * nwx; task += blockDim.x) {
+      const int wy0 = (task / nwx) * kRun, wx = task % nwx;
+      const int nrun = nwy - wy0 < kRun ? nwy - wy0 : kRun;  // candidates in this column run
+      const float* col = img + (y0 + wy0) * W + (x0 + wx);
+      float acc[kRun];
+#pragma unroll
+      for (int q = 0; q < kRun; ++q) acc[q] = 0.f;
+#pragma unroll
+      for (int rr = 0; rr < P + kRun - 1; ++rr) {  // image row rr of the run: row rr - q of candidate q
+        if (rr < P - 1 + nrun) {                   // else past the last candidate (and maybe the image)
+          float v[P];
+#pragma unroll
+          for (int c = 0; c < P; ++c) v[c] = col[rr * W + c];
+#pragma unroll
+          for (int q = 0; q < kRun; ++q) {
+            if (rr - q >= 0 && rr - q < P) {
+#pragma unroll
+              for (int c = 0; c < P; ++c) {
+                const float d = __fsub_rn(v[c], rv[(rr - q) * P + c]);
+                acc[q] = __fadd_rn(acc[q], __fmul_rn(d, d));
+              }
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < kRun; ++q) {
+        if (q < nrun) {
+          const int t = (wy0 + q) * nwx + wx;
+          const int64_t cy = y0 + wy0 + q, cx = x0 + wx;
+          sd[t] = __fdiv_rn(acc[q], area);
+          sk[t] = (cy == py && cx == px) ? -1 : static_cast<int>(cy * W + cx);
+        }
       }
     }
-    sd[t] = __fdiv_rn(acc, area);
-    sk[t] = (cy == py && cx == px) ? -1 : static_cast<int>(cy * W + cx);
+  } else {
+    for (int t = threadIdx.x; t < n; t += blockDim.x) {
+      const int64_t cy = y0 + t / nwx, cx = x0 + t % nwx;
+      const float* cand = img + cy * W + cx;
+      float acc = 0.f;
+      for (int r = 0; r < patch; ++r) {
+        for (int c = 0; c < patch; ++c) {
+          const float d = __fsub_rn(cand[r * W + c], ref[r * W + c]);
+          acc = __fadd_rn(acc, __fmul_rn(d, d));
+        }
+      }
+      sd[t] = __fdiv_rn(acc, area);
+      sk[t] = (cy == py && cx == px) ? -1 : static_cast<int>(cy * W + cx);
+    }
   }
   __syncthreads();
 
@@ -141,8 +202,13 @@ cudaError_t launch_block_match(const float* guide, int64_t batch, int64_t H, int
   if (ny * nx > INT_MAX || batch > 65535) return cudaErrorInvalidValue;
   const size_t smem = static_cast<size_t>(search) * search * (sizeof(float) + sizeof(int));
   const dim3 grid(static_cast<unsigned>(ny * nx), static_cast<unsigned>(batch));
-  block_match_kernel<<<grid, kThreads, smem, stream>>>(guide, H, W, patch, search / 2, k, stride, ny,
-                                                       nx, index, dist);
+  if (patch == kFixedPatch) {
+    block_match_kernel<kFixedPatch><<<grid, kThreads, smem, stream>>>(guide, H, W, patch, search / 2, k, stride,
+                                                                      ny, nx, index, dist);
+  } else {
+    block_match_kernel<0><<<grid, kThreads, smem, stream>>>(guide, H, W, patch, search / 2, k, stride, ny, nx,
+                                                            index, dist);
+  }
   return cudaGetLastError();
 }
 
