@@ -137,7 +137,8 @@ def test_block_match_matches_cpu_kernel(emu, case, schedule):
     dict(shape=(2, 3, 21, 40), patch=7, search=21),     # two tiles across, one partial; colour
     dict(shape=(1, 1, 17, 33), patch=5, search=9),      # grey, partial tiles both ways
     dict(shape=(1, 3, 9, 11), patch=7, search=35),      # margins reflect more than once; > 48 KiB shared
-], ids=["rgb-7-21", "grey-5-9", "wide-search"])
+    dict(shape=(2, 2, 19, 35), patch=3, search=7),      # C = 2: the sums in shared memory, not registers
+], ids=["rgb-7-21", "grey-5-9", "wide-search", "two-channels"])
 def test_nlm_matches_reference(emu, case, schedule):
     g = torch.Generator().manual_seed(5)
     x = torch.rand(case["shape"], generator=g)

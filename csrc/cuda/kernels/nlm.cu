@@ -7,6 +7,13 @@
 // patch weights vertically then horizontally (the patch sums never leave the chip), turns them
 // into weights and accumulates the weighted shifted pixels per output pixel. The maths is that
 // of fastdenoise/ops/nlm.py.
+//
+// Shared-memory traffic is what bounds it (per offset, the filters and the accumulation all
+// read shared memory), so: the vertical filter gives each thread a column of kStrip outputs,
+// which share kStrip + patch - 1 loads instead of kStrip * patch; and for grey and colour
+// images (C = 1, 3, the kernel's template argument) each thread keeps the weighted sums of
+// its own pixels in registers instead of shared memory. Other channel counts use the same
+// kernel with the sums in shared memory.
 #include "nlm.cuh"
 
 #include "fastdenoise/nlm.h"
@@ -17,14 +24,22 @@ namespace {
 
 constexpr int TH = 16, TW = 32, kThreads = 256;
 constexpr int kPixPerThread = TH * TW / kThreads;
+constexpr int kStrip = 4;  // vertical-filter outputs per thread (a column of them)
+static_assert(TH % kStrip == 0, "the strips tile the rows");
+
+// Channel counts whose weighted sums live in registers (the kernel's CC); 0: any, in shared memory.
+__host__ __device__ constexpr int nlm_register_channels(int channels) {
+  return channels == 1 || channels == 3 ? channels : 0;
+}
 
 struct Taps {
   float g[kNlmMaxPatch];
 };
 
-__global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict__ sigma,
-                           const float* __restrict__ hh, float* __restrict__ out, int64_t H, int64_t W,
-                           int C, int P, int R, Taps taps) {
+template <int CC>
+__global__ void __launch_bounds__(kThreads)
+nlm_kernel(const float* __restrict__ x, const float* __restrict__ sigma, const float* __restrict__ hh,
+           float* __restrict__ out, int64_t H, int64_t W, int C, int P, int R, Taps taps) {
   extern __shared__ float smem[];
   const int b = blockIdx.z;
   const int64_t y0 = static_cast<int64_t>(blockIdx.y) * TH, x0 = static_cast<int64_t>(blockIdx.x) * TW;
@@ -34,7 +49,7 @@ __global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict_
   float* tile = smem;                                  // C x TAH x TAW
   float* diff = tile + C * TAH * TAW;                  // DH x DW
   float* vsum = diff + DH * DW;                        // TH x DW
-  float* num = vsum + TH * DW;                         // C x TH x TW
+  float* num = vsum + TH * DW;                         // C x TH x TW (CC == 0 only)
   const int64_t plane = H * W;
   const float* img = x + static_cast<int64_t>(b) * C * plane;
 
@@ -43,10 +58,17 @@ __global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict_
     const int64_t yy = nlm_reflect(y0 - pad + r, H), xx = nlm_reflect(x0 - pad + q, W);
     tile[i] = img[c * plane + yy * W + xx];
   }
-  for (int i = threadIdx.x; i < C * TH * TW; i += blockDim.x) num[i] = 0.f;
+  if constexpr (CC == 0) {
+    for (int i = threadIdx.x; i < C * TH * TW; i += blockDim.x) num[i] = 0.f;
+  }
   float den[kPixPerThread];
+  float numr[kPixPerThread][CC > 0 ? CC : 1];  // CC > 0: this thread's pixels' weighted sums
 #pragma unroll
-  for (int k = 0; k < kPixPerThread; ++k) den[k] = 0.f;
+  for (int k = 0; k < kPixPerThread; ++k) {
+    den[k] = 0.f;
+#pragma unroll
+    for (int c = 0; c < (CC > 0 ? CC : 1); ++c) numr[k][c] = 0.f;
+  }
   const float s = sigma[b], hv = hh[b];
   const float two_var = 2.f * s * s, inv_h2 = 1.f / (hv * hv);
   const float inv_c = 1.f / static_cast<float>(C);
@@ -68,11 +90,23 @@ __global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict_
         diff[i] = acc;
       }
       __syncthreads();
-      for (int i = threadIdx.x; i < TH * DW; i += blockDim.x) {
-        const int r = i / DW, q = i % DW;
-        float acc = 0.f;
-        for (int k = 0; k < patch; ++k) acc += taps.g[k] * diff[(r + k) * DW + q];
-        vsum[i] = acc;
+      // vsum(r, q) = sum_k g[k] diff(r + k, q), k ascending; rows r0 .. r0 + kStrip - 1 of
+      // column q share the diff rows r0 .. r0 + kStrip + patch - 2, each loaded once
+      for (int i = threadIdx.x; i < (TH / kStrip) * DW; i += blockDim.x) {
+        const int r0 = (i / DW) * kStrip, q = i % DW;
+        float acc[kStrip];
+#pragma unroll
+        for (int t = 0; t < kStrip; ++t) acc[t] = 0.f;
+        for (int j = 0; j < kStrip + patch - 1; ++j) {
+          const float v = diff[(r0 + j) * DW + q];
+#pragma unroll
+          for (int t = 0; t < kStrip; ++t) {
+            const int k = j - t;
+            if (k >= 0 && k < patch) acc[t] += taps.g[k] * v;
+          }
+        }
+#pragma unroll
+        for (int t = 0; t < kStrip; ++t) vsum[(r0 + t) * DW + q] = acc[t];
       }
       __syncthreads();
 #pragma unroll
@@ -86,7 +120,12 @@ __global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict_
         const float w = expf(-e);
         den[k] += w;
         const int sft = (r + pad + dy) * TAW + (q + pad + dx);
-        for (int c = 0; c < C; ++c) num[c * TH * TW + p] += w * tile[c * TAH * TAW + sft];
+        if constexpr (CC > 0) {
+#pragma unroll
+          for (int c = 0; c < CC; ++c) numr[k][c] += w * tile[c * TAH * TAW + sft];
+        } else {
+          for (int c = 0; c < C; ++c) num[c * TH * TW + p] += w * tile[c * TAH * TAW + sft];
+        }
       }
       __syncthreads();  // diff / vsum are rewritten by the next offset
     }
@@ -97,8 +136,13 @@ __global__ void nlm_kernel(const float* __restrict__ x, const float* __restrict_
     const int p = threadIdx.x + k * kThreads;
     const int64_t yy = y0 + p / TW, xx = x0 + p % TW;
     if (yy < H && xx < W) {
-      for (int c = 0; c < C; ++c)
-        out[(static_cast<int64_t>(b) * C + c) * plane + yy * W + xx] = num[c * TH * TW + p] / den[k];
+      if constexpr (CC > 0) {
+#pragma unroll
+        for (int c = 0; c < CC; ++c) out[(static_cast<int64_t>(b) * CC + c) * plane + yy * W + xx] = numr[k][c] / den[k];
+      } else {
+        for (int c = 0; c < C; ++c)
+          out[(static_cast<int64_t>(b) * C + c) * plane + yy * W + xx] = num[c * TH * TW + p] / den[k];
+      }
     }
   }
 }
@@ -110,7 +154,7 @@ size_t nlm_shared_bytes(int channels, int patch, int search) {
   const size_t tile = static_cast<size_t>(channels) * (TH + 2 * pad) * (TW + 2 * pad);
   const size_t diff = static_cast<size_t>(TH + 2 * P) * (TW + 2 * P);
   const size_t vsum = static_cast<size_t>(TH) * (TW + 2 * P);
-  const size_t num = static_cast<size_t>(channels) * TH * TW;
+  const size_t num = nlm_register_channels(channels) > 0 ? 0 : static_cast<size_t>(channels) * TH * TW;
   return (tile + diff + vsum + num) * sizeof(float);
 }
 
@@ -120,17 +164,19 @@ cudaError_t launch_nlm(const float* x, const float* sigma, const float* h, float
       channels < 1 || batch > 65535)
     return cudaErrorInvalidValue;
   if (batch == 0 || H == 0 || W == 0) return cudaSuccess;
+  const int cc = nlm_register_channels(channels);
+  auto kernel = cc == 1 ? nlm_kernel<1> : cc == 3 ? nlm_kernel<3> : nlm_kernel<0>;
   const size_t smem = nlm_shared_bytes(channels, patch, search);
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(nlm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem));
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   const dim3 grid(static_cast<unsigned>((W + TW - 1) / TW), static_cast<unsigned>((H + TH - 1) / TH),
                   static_cast<unsigned>(batch));
   Taps taps;
   nlm_patch_taps(patch, taps.g);
-  nlm_kernel<<<grid, kThreads, smem, stream>>>(x, sigma, h, out, H, W, channels, patch / 2, search / 2, taps);
+  kernel<<<grid, kThreads, smem, stream>>>(x, sigma, h, out, H, W, channels, patch / 2, search / 2, taps);
   return cudaGetLastError();
 }
 
