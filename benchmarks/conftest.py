@@ -47,10 +47,10 @@ import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# Per-kind benchmark settings: (rounds, warm-up rounds). ``--bench-rounds`` overrides the rounds.
 #: cycles of the marker kernel that opens each profiled call under ``--bench-ncu-log``
 NCU_MARKER_CYCLES = 1000
 
+# Per-kind benchmark settings: (rounds, warm-up rounds). ``--bench-rounds`` overrides the rounds.
 ROUNDS = {
     ("cuda", "op"): (25, 5),
     ("cuda", "model"): (5, 2),
