@@ -27,7 +27,8 @@ def test_setup_reports_what_it_builds():
     if torch.version.cuda is None:
         assert f"building CPU kernels only (torch is a CPU-only build; torch {torch.__version__})" in out.stderr
     else:
-        assert "building CPU + CUDA kernels" in out.stderr or "nvcc / CUDA_HOME not found" in out.stderr
+        # with CUDA, or CPU only with the toolkit check's reason (tested below on fake toolkits)
+        assert "building CPU + CUDA kernels" in out.stderr or "building CPU kernels only (" in out.stderr
     assert "csrc/fastdenoise.cpp" in out.stderr and "csrc/cpu/haar_cpu.cpp" in out.stderr
     assert "MAX_JOBS=3" in out.stderr
 
