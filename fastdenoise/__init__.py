@@ -10,11 +10,13 @@ official checkpoints (:mod:`fastdenoise.models`), and benchmarks against eager P
 from . import _ext
 from ._ext import build_info
 from . import errors, ops, nn, models
+# the documented namespaces are attributes after `import fastdenoise` (cheap: torch and numpy)
+from . import classic, io, metrics
 from .patch import PatchReport, patch, unpatch
 from .stream import StreamDenoiser
 from .tiling import TiledModel, tiled
 
 __version__ = "0.1.0"
 
-__all__ = ["build_info", "errors", "ops", "nn", "models", "patch", "unpatch", "PatchReport", "tiled",
+__all__ = ["build_info", "errors", "ops", "nn", "models", "classic", "io", "metrics", "patch", "unpatch", "PatchReport", "tiled",
            "TiledModel", "StreamDenoiser", "__version__"]

@@ -4,7 +4,8 @@
 # also with the GPU machines' triton, the CUDA kernels executed by the CPU emulator under
 # AddressSanitizer, nvcc compile of every CUDA kernel file for sm_90 / sm_80 (no local memory),
 # the C++ sources and the CUDA glue compiled (syntax) as C++17 and C++20, the CMake build with
-# ctest and the op-name comparison of the two builds, and a smoke run of the benchmarks.
+# ctest and the op-name comparison of the two builds, a wheel compiled from the sdist and run
+# from outside the checkout, and a smoke run of the benchmarks.
 # Every stage runs; the script fails if any stage failed (or collected no tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -110,6 +111,10 @@ cmake_build() {
     $PY scripts/check_op_names.py fastdenoise/_C*.so $dir/_C*.so
 }
 stage "CMake + ctest + op names" cmake_build
+
+# a user's `pip install fastdenoise-0.1.0.tar.gz`: the sdist carries every source, the wheel built
+# from it alone installs outside the checkout, loads its extension and matches the references
+stage "sdist -> wheel -> import" $PY scripts/sdist_check.py --wheel
 
 stage "benchmarks (smoke)" $PY -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
 

@@ -167,3 +167,35 @@ def test_build_info_says_why_cuda_was_skipped():
     assert f"CUDA_SKIPPED = {info['cuda_skipped']!r}" in meta
     if torch.version.cuda is None:
         assert info["cuda_skipped"] == "torch is a CPU-only build"
+
+
+
+def _sdist_check(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "sdist_check.py"), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_sdist_carries_everything_the_build_needs():
+    """``pip install fastdenoise-*.tar.gz`` compiles the extension from the sdist alone: it must
+    hold setup.py's toolkit check and every C++ / CUDA source and header (the CUDA ones too,
+    which a CPU machine does not compile), and no build product of this machine (the wheel built
+    from it is imported and run by scripts/test.sh's stage of the same script, with --wheel)."""
+    out = _sdist_check()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "sdist check: ok" in out.stdout
+
+
+def test_sdist_check_finds_a_missing_source(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from sdist_check import copy_source_tree
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    tree = copy_source_tree(REPO, tmp_path / "tree")
+    manifest = (tree / "MANIFEST.in").read_text()
+    assert "graft csrc\n" in manifest
+    (tree / "MANIFEST.in").write_text(manifest.replace("graft csrc\n", ""))
+    out = _sdist_check("--tree", str(tree))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "missing from the sdist" in out.stdout and "csrc/cuda/kernels/bm3d.cu" in out.stdout
+    assert "csrc/include/fastdenoise/nlm.h" in out.stdout

@@ -77,3 +77,16 @@ def test_info_command():
     assert f"torch            {torch.__version__}" in text
     assert "extension _C     loaded" in text and "haar_dwt2d [CPU" in text
     assert "triton" in text and ("GPU              none" in text or "GPU 0" in text)
+
+
+def test_documented_namespaces_after_a_bare_import(tmp_path):
+    # README: fastdenoise.classic.bm3d(...), fastdenoise.metrics.psnr(...) after `import fastdenoise`
+    code = ("import fastdenoise\n"
+            "for name in ('ops', 'nn', 'models', 'classic', 'metrics', 'io', 'errors'):\n"
+            "    assert name in fastdenoise.__all__, name\n"
+            "fastdenoise.classic.bm3d, fastdenoise.classic.nlm, fastdenoise.classic.estimate_sigma\n"
+            "fastdenoise.metrics.psnr, fastdenoise.metrics.ssim, fastdenoise.io.read_image\n"
+            "fastdenoise.ops.block_match, fastdenoise.nn.MDTA, fastdenoise.models.DnCNN\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
