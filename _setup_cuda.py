@@ -80,9 +80,14 @@ def nvcc_toolkit_root(nvcc: str, run: Runner = _run) -> Optional[str]:
     return None
 
 
-def plan_cuda(torch_cuda: Optional[str], cuda_home: Optional[str], run: Runner = _run) -> CudaPlan:
+def plan_cuda(torch_cuda: Optional[str], cuda_home: Optional[str], run: Runner = _run, *,
+              torch_hip: Optional[str] = None) -> CudaPlan:
     """Whether to build the CUDA sources for a torch built with CUDA ``torch_cuda`` (None: a
-    CPU-only torch), with the toolkit torch found at ``cuda_home`` (None: none found)."""
+    CPU-only or ROCm torch; ``torch_hip``: its HIP version if ROCm), with the toolkit torch found
+    at ``cuda_home`` (None: none found)."""
+    if torch_cuda is None and torch_hip:
+        return CudaPlan(False, why=f"torch is a ROCm build (HIP {torch_hip}): the CUDA sources are not "
+                                   "compiled for ROCm")
     if torch_cuda is None:
         return CudaPlan(False, why="torch is a CPU-only build")
     if cuda_home is None:

@@ -50,7 +50,7 @@ def _extensions():
     from _setup_cuda import plan_cuda
 
     force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
-    plan = plan_cuda(torch.version.cuda, cpp_extension.CUDA_HOME)
+    plan = plan_cuda(torch.version.cuda, cpp_extension.CUDA_HOME, torch_hip=getattr(torch.version, "hip", None))
     for note in plan.notes:
         _say(note)
     with_cuda = plan.with_cuda

@@ -35,7 +35,7 @@ def test_setup_reports_what_it_builds():
             from _setup_cuda import plan_cuda
         finally:
             sys.path.remove(str(REPO))
-        plan = plan_cuda(torch.version.cuda, cpp_extension.CUDA_HOME)
+        plan = plan_cuda(torch.version.cuda, cpp_extension.CUDA_HOME, torch_hip=getattr(torch.version, "hip", None))
         if plan.with_cuda:
             assert f"building CPU + CUDA kernels (torch {torch.__version__}" in out.stderr
         else:
@@ -101,6 +101,10 @@ def test_plan_without_cuda_torch_or_toolkit(setup_cuda):
     assert not p.with_cuda and p.why == "torch is a CPU-only build"
     p = setup_cuda.plan_cuda("13.0", None)
     assert not p.with_cuda and "nvcc / CUDA_HOME not found" in p.why
+    # a ROCm torch has no torch.version.cuda either: not called a CPU-only build
+    p = setup_cuda.plan_cuda(None, None, torch_hip="6.4.43482")
+    assert not p.with_cuda
+    assert p.why == "torch is a ROCm build (HIP 6.4.43482): the CUDA sources are not compiled for ROCm"
 
 
 @needs_sh
