@@ -1,7 +1,8 @@
 // C++ CPU kernel of block matching, registered for the CPU dispatch key.
 //
 // For every reference patch on the stride grid, the k candidates of its (2R+1)^2 search window
-// (clipped to the image) with the smallest mean squared difference over the patch. Distances
+// (clipped to the image) with the smallest mean squared difference over the patch: all the
+// window's distances first (vectorised, below), then the k best of them. Distances
 // are summed in float32 in a fixed order (rows, then columns, of the patch: the same order as
 // the CUDA kernel, and contraction into FMA is disabled by the build), so both backends give
 // bitwise the same distances and, through the total order of bm_before, the same matches.
@@ -10,38 +11,136 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <tuple>
 #include <vector>
 
 #include "fastdenoise/block_match.h"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 namespace fastdenoise {
 namespace cpu {
 namespace {
 
-// Squared differences of one row of candidates against the reference patch, summed over the
-// patch: acc[t] for the candidate with top-left corner (cy, x0 + t), t < n. The loop over t is
-// innermost so it vectorises across candidates, while each candidate's sum keeps the canonical
-// order (patch rows, then columns) that the CUDA kernel uses too.
+// The distances of every candidate of one search window, summed in the canonical order. The
+// window's pixels are first copied into `win` (rows y0 .. y1 + patch - 1, columns x0 .. ; `ldw`
+// floats per row, the columns past the image zero): then every tile of candidates can be
+// computed at full width, and the lanes past the window are discarded.
+//
+// Tiles of one candidate row x kTileCols candidate columns keep their sums in registers
+// (vectors across the candidate columns): per patch pixel, kVecs loads of the window row, one
+// broadcast of the reference pixel, and a subtract, square and add per vector. Each candidate's
+// sum runs over the patch rows in ascending order, then the columns: the order of the CUDA
+// kernel, with every operation rounded separately (the build disables FMA contraction), so the
+// distances are bitwise those of the CUDA kernel. Five vectors of 8 cover the 39 columns of the
+// default window in one tile with one lane to spare. (Tiles of 3 candidate rows sharing each
+// loaded window row, as the CUDA kernel does, measured no faster on this project's x86 CI
+// machine: the loop is bound by its arithmetic there, not by its loads.)
+#if defined(__GNUC__)
+// GCC / Clang vector extensions: a vector of 8 floats (AVX2 registers, two SSE registers on the
+// baseline), arithmetic lane by lane with IEEE rounding.
+typedef float bm_vec __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 8;
+constexpr int64_t kVecs = 5;
+
+// P: the patch size when known at compile time (8: loops fully unrolled), 0 for any.
+template <int P>
+inline __attribute__((always_inline)) void ssd_tile(const float* win, int64_t ldw, const float* ref,
+                                                    int64_t patch_rt, float area, float* out) {
+  const int64_t patch = P > 0 ? P : patch_rt;
+  bm_vec acc[kVecs];
+  for (int q = 0; q < kVecs; ++q) acc[q] = bm_vec{};
+  for (int64_t r = 0; r < patch; ++r) {
+    const float* row = win + r * ldw;
+    for (int64_t c = 0; c < patch; ++c) {
+      const float v = ref[r * patch + c];
+      for (int q = 0; q < kVecs; ++q) {
+        bm_vec src;
+        __builtin_memcpy(&src, row + c + q * kLanes, sizeof(bm_vec));
+        const bm_vec d = src - v;
+        acc[q] = acc[q] + d * d;
+      }
+    }
+  }
+  for (int q = 0; q < kVecs; ++q) {
+    const bm_vec d = acc[q] / area;
+    __builtin_memcpy(out + q * kLanes, &d, sizeof(bm_vec));
+  }
+}
+#else
+constexpr int64_t kLanes = 8;
+constexpr int64_t kVecs = 5;
+#endif
+constexpr int64_t kTileCols = kLanes * kVecs;
+
+// dist[i * ldo + t]: the distance of the candidate at window row i, column t (t < nwx; ldo a
+// multiple of kTileCols, the lanes past nwx hold garbage). win: the window copy (see above).
 // On x86-64 with GCC it is compiled for AVX2 and for the baseline (the loader picks the clone
 // the CPU runs); both round every operation the same way, so the distances do not change.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-void ssd_row(const float* top_left, const float* ref, int64_t W, int64_t patch, int64_t n,
-             float* __restrict acc) {
-  for (int64_t t = 0; t < n; ++t) acc[t] = 0.f;
-  for (int64_t r = 0; r < patch; ++r) {
-    const float* row = top_left + r * W;
-    for (int64_t c = 0; c < patch; ++c) {
-      const float v = ref[r * patch + c];
-      const float* src = row + c;
-      for (int64_t t = 0; t < n; ++t) {
-        const float d = src[t] - v;
-        acc[t] = acc[t] + d * d;
-      }
+void window_distances(const float* win, int64_t ldw, const float* ref, int64_t patch, int64_t nwy,
+                      int64_t ldo, float* dist) {
+  const float area = static_cast<float>(patch * patch);
+#if defined(__GNUC__)
+  for (int64_t i = 0; i < nwy; ++i)
+    for (int64_t t = 0; t < ldo; t += kTileCols) {
+      if (patch == 8)
+        ssd_tile<8>(win + i * ldw + t, ldw, ref, patch, area, dist + i * ldo + t);
+      else
+        ssd_tile<0>(win + i * ldw + t, ldw, ref, patch, area, dist + i * ldo + t);
     }
-  }
+#else
+  for (int64_t i = 0; i < nwy; ++i)
+    for (int64_t t = 0; t < ldo; ++t) {
+      float acc = 0.f;
+      for (int64_t r = 0; r < patch; ++r)
+        for (int64_t c = 0; c < patch; ++c) {
+          const float d = win[(i + r) * ldw + t + c] - ref[r * patch + c];
+          acc = acc + d * d;
+        }
+      dist[i * ldo + t] = acc / area;
+    }
+#endif
+}
+
+// Bit t of the result: d[t] <= thr, for t < n (n <= 64, a multiple of 8). A NaN distance
+// compares false, as in bm_before. The selection below visits only these candidates.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) uint64_t le_mask_avx2(const float* d, int64_t n, float thr) {
+  const __m256 t = _mm256_set1_ps(thr);
+  uint64_t m = 0;
+  for (int64_t i = 0; i < n; i += 8)
+    m |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(d + i), t, _CMP_LE_OQ))) << i;
+  return m;
+}
+#endif
+uint64_t le_mask_scalar(const float* d, int64_t n, float thr) {
+  uint64_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m |= static_cast<uint64_t>(d[i] <= thr) << i;
+  return m;
+}
+uint64_t le_mask(const float* d, int64_t n, float thr) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return le_mask_avx2(d, n, thr);
+#endif
+  return le_mask_scalar(d, n, thr);
+}
+
+inline int lowest_bit(uint64_t m) {  // m != 0
+#if defined(__GNUC__)
+  return __builtin_ctzll(m);
+#else
+  int b = 0;
+  while (!((m >> b) & 1)) ++b;
+  return b;
+#endif
 }
 
 }  // namespace
@@ -69,39 +168,68 @@ std::tuple<at::Tensor, at::Tensor> block_match(const at::Tensor& guide_in, int64
   const float* g = guide.const_data_ptr<float>();
   int64_t* out_i = index.mutable_data_ptr<int64_t>();
   float* out_d = dist.mutable_data_ptr<float>();
-  const float area = static_cast<float>(patch * patch);
+
+  // window copies: (2R + patch) rows of ldw = (columns rounded up to whole tiles) + patch - 1
+  const int64_t max_nwx = 2 * R + 1 < W - patch + 1 ? 2 * R + 1 : W - patch + 1;
+  const int64_t ldo = (max_nwx + kTileCols - 1) / kTileCols * kTileCols;
+  const int64_t ldw = ldo + patch - 1;
+  const int64_t max_rows = (2 * R + 1 < H - patch + 1 ? 2 * R + 1 : H - patch + 1) + patch - 1;
 
   at::parallel_for(0, B * ny, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> best_d(k), ref(patch * patch), acc(2 * R + 1);
+    std::vector<float> best_d(k), ref(patch * patch), win(max_rows * ldw, 0.f), dmat((2 * R + 1) * ldo);
     std::vector<int64_t> best_k(k);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / ny, gy = row % ny;
       const float* img = g + b * H * W;
       const int64_t py = bm_grid_pos(gy, H, patch, stride);
       const int64_t y0 = py - R > 0 ? py - R : 0, y1 = py + R < H - patch ? py + R : H - patch;
+      const int64_t nwy = y1 - y0 + 1;
       for (int64_t gx = 0; gx < nx; ++gx) {
         const int64_t px = bm_grid_pos(gx, W, patch, stride);
         const int64_t x0 = px - R > 0 ? px - R : 0, x1 = px + R < W - patch ? px + R : W - patch;
         const int64_t nwx = x1 - x0 + 1;
         for (int64_t r = 0; r < patch; ++r)
           for (int64_t c = 0; c < patch; ++c) ref[r * patch + c] = img[(py + r) * W + px + c];
+        // the window's pixels; columns past the image (read by the lanes past nwx) are zero
+        const int64_t cols = W - x0 < ldw ? W - x0 : ldw;
+        for (int64_t i = 0; i < nwy + patch - 1; ++i) {
+          float* dst = win.data() + i * ldw;
+          std::copy(img + (y0 + i) * W + x0, img + (y0 + i) * W + x0 + cols, dst);
+          std::fill(dst + cols, dst + ldw, 0.f);
+        }
+        window_distances(win.data(), ldw, ref.data(), patch, nwy, ldo, dmat.data());
+        // the k best in the total order of bm_before, kept sorted (insertion; the order in which
+        // the candidates are offered does not change the result)
         int64_t filled = 0;
-        for (int64_t cy = y0; cy <= y1; ++cy) {
-          ssd_row(img + cy * W + x0, ref.data(), W, patch, nwx, acc.data());
-          for (int64_t t = 0; t < nwx; ++t) {
-            const int64_t cx = x0 + t;
-            const float d = acc[t] / area;
-            const int64_t key = (cy == py && cx == px) ? -1 : cy * W + cx;
-            if (filled == k && !bm_before(d, key, best_d[k - 1], best_k[k - 1])) continue;
-            // insertion into the sorted list of the best so far
-            int64_t pos = filled < k ? filled++ : k - 1;
-            while (pos > 0 && bm_before(d, key, best_d[pos - 1], best_k[pos - 1])) {
-              best_d[pos] = best_d[pos - 1];
-              best_k[pos] = best_k[pos - 1];
-              --pos;
+        auto offer = [&](float d, int64_t cy, int64_t cx) {
+          const int64_t key = (cy == py && cx == px) ? -1 : cy * W + cx;
+          if (filled == k && !bm_before(d, key, best_d[k - 1], best_k[k - 1])) return;
+          int64_t pos = filled < k ? filled++ : k - 1;
+          while (pos > 0 && bm_before(d, key, best_d[pos - 1], best_k[pos - 1])) {
+            best_d[pos] = best_d[pos - 1];
+            best_k[pos] = best_k[pos - 1];
+            --pos;
+          }
+          best_d[pos] = d;
+          best_k[pos] = key;
+        };
+        for (int64_t i = 0; i < nwy; ++i) {
+          const int64_t cy = y0 + i;
+          const float* drow = dmat.data() + i * ldo;
+          if (filled < k) {  // every candidate enters until there are k
+            for (int64_t t = 0; t < nwx; ++t) offer(drow[t], cy, x0 + t);
+            continue;
+          }
+          // then only those not above the k-th distance can (ties are decided by the key)
+          for (int64_t t0 = 0; t0 < nwx; t0 += 64) {
+            const int64_t n = ldo - t0 < 64 ? ldo - t0 : 64;
+            uint64_t m = le_mask(drow + t0, n, best_d[k - 1]);
+            if (nwx - t0 < 64) m &= (uint64_t(1) << (nwx - t0)) - 1;
+            while (m) {
+              const int64_t t = t0 + lowest_bit(m);
+              m &= m - 1;
+              offer(drow[t], cy, x0 + t);
             }
-            best_d[pos] = d;
-            best_k[pos] = key;
           }
         }
         const int64_t o = ((b * ny + gy) * nx + gx) * k;

@@ -21,6 +21,9 @@ CONFIGS = [  # (shape, patch, search, k, stride)
     ((1, 1, 9, 12), 1, 3, 4, 1),
     ((1, 3, 30, 27), 8, 15, 32, 3),
     ((2, 2, 19, 19), 7, 21, 12, 4),
+    # the widest window (63: two 40-column tiles in the CPU kernel) and k above one window row
+    # (its selection takes whole rows until k are in)
+    ((1, 1, 70, 107), 6, 63, 70, 5),
 ]
 
 
