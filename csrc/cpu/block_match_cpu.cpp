@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -133,6 +135,17 @@ uint64_t le_mask(const float* d, int64_t n, float thr) {
   return le_mask_scalar(d, n, thr);
 }
 
+inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+inline float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
 inline int lowest_bit(uint64_t m) {  // m != 0
 #if defined(__GNUC__)
   return __builtin_ctzll(m);
@@ -176,8 +189,8 @@ std::tuple<at::Tensor, at::Tensor> block_match(const at::Tensor& guide_in, int64
   const int64_t max_rows = (2 * R + 1 < H - patch + 1 ? 2 * R + 1 : H - patch + 1) + patch - 1;
 
   at::parallel_for(0, B * ny, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> best_d(k), ref(patch * patch), win(max_rows * ldw, 0.f), dmat((2 * R + 1) * ldo);
-    std::vector<int64_t> best_k(k);
+    std::vector<float> ref(patch * patch), win(max_rows * ldw, 0.f), dmat((2 * R + 1) * ldo);
+    std::vector<uint64_t> best(k);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / ny, gy = row % ny;
       const float* img = g + b * H * W;
@@ -199,19 +212,25 @@ std::tuple<at::Tensor, at::Tensor> block_match(const at::Tensor& guide_in, int64
         }
         window_distances(win.data(), ldw, ref.data(), patch, nwy, ldo, dmat.data());
         // the k best in the total order of bm_before, kept sorted (insertion; the order in which
-        // the candidates are offered does not change the result)
+        // the candidates are offered does not change the result). A distance is a sum of
+        // squares over a positive area, never negative (+0 at least): its float bits ordered as
+        // an unsigned integer are its order, so (distance bits, key + 1) packed in 64 bits
+        // compare as bm_before does (a NaN distance, unspecified, sorts after everything).
         int64_t filled = 0;
         auto offer = [&](float d, int64_t cy, int64_t cx) {
-          const int64_t key = (cy == py && cx == px) ? -1 : cy * W + cx;
-          if (filled == k && !bm_before(d, key, best_d[k - 1], best_k[k - 1])) return;
+          const uint64_t key = (cy == py && cx == px) ? 0 : static_cast<uint64_t>(cy * W + cx + 1);
+          const uint64_t packed = static_cast<uint64_t>(float_bits(d)) << 32 | key;
+          if (filled == k && packed >= best[k - 1]) return;
           int64_t pos = filled < k ? filled++ : k - 1;
-          while (pos > 0 && bm_before(d, key, best_d[pos - 1], best_k[pos - 1])) {
-            best_d[pos] = best_d[pos - 1];
-            best_k[pos] = best_k[pos - 1];
+          while (pos > 0 && packed < best[pos - 1]) {
+            best[pos] = best[pos - 1];
             --pos;
           }
-          best_d[pos] = d;
-          best_k[pos] = key;
+          best[pos] = packed;
+        };
+        auto bar = [&]() {  // the k-th distance (+inf for a NaN: those sort last)
+          const float d = bits_float(static_cast<uint32_t>(best[k - 1] >> 32));
+          return d == d ? d : std::numeric_limits<float>::infinity();
         };
         for (int64_t i = 0; i < nwy; ++i) {
           const int64_t cy = y0 + i;
@@ -223,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor> block_match(const at::Tensor& guide_in, int64
           // then only those not above the k-th distance can (ties are decided by the key)
           for (int64_t t0 = 0; t0 < nwx; t0 += 64) {
             const int64_t n = ldo - t0 < 64 ? ldo - t0 : 64;
-            uint64_t m = le_mask(drow + t0, n, best_d[k - 1]);
+            uint64_t m = le_mask(drow + t0, n, bar());
             if (nwx - t0 < 64) m &= (uint64_t(1) << (nwx - t0)) - 1;
             while (m) {
               const int64_t t = t0 + lowest_bit(m);
@@ -234,8 +253,9 @@ std::tuple<at::Tensor, at::Tensor> block_match(const at::Tensor& guide_in, int64
         }
         const int64_t o = ((b * ny + gy) * nx + gx) * k;
         for (int64_t j = 0; j < k; ++j) {
-          out_d[o + j] = best_d[j];
-          out_i[o + j] = best_k[j] < 0 ? py * W + px : best_k[j];
+          const int64_t key = static_cast<int64_t>(best[j] & 0xffffffffu) - 1;
+          out_d[o + j] = bits_float(static_cast<uint32_t>(best[j] >> 32));
+          out_i[o + j] = key < 0 ? py * W + px : key;
         }
       }
     }
