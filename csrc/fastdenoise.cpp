@@ -48,6 +48,10 @@ TORCH_LIBRARY(fastdenoise, m) {
   // tile's top-left pixel), out (B, C, H, W) += tile * window and weight_out (B, 1, H, W) += window,
   // both float32 or float64 and contiguous; window (th, tw) or (N, th, tw) of out's dtype. Tiles
   // are applied in order, each product and sum rounded separately (bitwise the reference).
+  // Layer norm over the channels of each pixel (fastdenoise/ops/norm.py): x (B, C, H, W) float32 /
+  // float64 / float16 / bfloat16, NCHW or channels_last (kept); weight (C,), bias (C,) or None
+  // (None with bias_free). CPU kernel only: CUDA tensors take the Triton kernel.
+  m.def("layer_norm2d(Tensor x, Tensor weight, Tensor? bias, float eps, bool bias_free) -> Tensor");
   m.def("overlap_add(Tensor tiles, Tensor positions, Tensor(a!) out, Tensor(b!) weight_out, Tensor window) -> ()");
 }
 

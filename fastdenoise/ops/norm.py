@@ -11,9 +11,10 @@ over the C values ``x_c = x[b, c, i, j]``:
   the variance is still taken about the mean, but x is not centred.
 
 Statistics in float32 (float64 for float64 input) whatever the input dtype; the output has the
-input's dtype, device and memory format. The Triton kernel normalises NCHW and channels_last
-inputs in place in their layout (no transposing copy): one program holds a tile of pixels with
-all their channels in registers, so each element is read once and written once.
+input's dtype, device and memory format. The Triton kernel (CUDA tensors) normalises NCHW
+and channels_last inputs in their layout (no transposing copy): one program holds a tile of
+pixels with all their channels in registers, so each element is read once and written once. The
+C++ kernel (CPU tensors) does the same per block of pixels, in cache.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Optional
 
 import torch
 
-from .. import _dispatch
+from .. import _dispatch, _ext
 from .._checks import FLOAT_DTYPES, check_same_device, check_tensor, memory_format_of
 from ..errors import DTypeError, ShapeError
+from ..triton._recompute import register_recompute_autograd  # imports no triton
 
 __all__ = ["layer_norm2d", "layer_norm2d_reference", "NAFNET_EPS", "RESTORMER_EPS", "TRITON_MAX_CHANNELS"]
 
@@ -79,8 +81,9 @@ def layer_norm2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     ``x``: (B, C, H, W) float32, float16, bfloat16 or float64, NCHW or channels_last (kept).
     ``weight`` and ``bias``: (C,) or (1, C, 1, 1); ``bias=None`` for none. ``eps``: 1e-6
     (NAFNet, the default) or 1e-5 (Restormer). ``bias_free``: Restormer's BiasFree variant.
-    ``backend``: None (Triton on CUDA tensors, the reference on the CPU), ``"triton"`` or
-    ``"reference"``. Differentiable (the backward of the Triton op runs the reference).
+    ``backend``: None (Triton on CUDA tensors, the C++ kernel on CPU tensors), ``"triton"``,
+    ``"cpu"`` or ``"reference"``. Differentiable (the backward of the Triton and C++ ops runs
+    the reference).
     """
     _check(x, weight, bias, eps, bias_free)
     be = _dispatch.resolve("layer_norm2d", x, backend)
@@ -92,7 +95,20 @@ def layer_norm2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if be == "triton":
         return _triton().layer_norm2d(x, weight.reshape(-1), None if bias is None else bias.reshape(-1),
                                       float(eps), bool(bias_free))
+    if be == "cpu":
+        return torch.ops.fastdenoise.layer_norm2d(x.contiguous(memory_format=memory_format_of(x)),
+                                                  weight.reshape(-1), None if bias is None else bias.reshape(-1),
+                                                  float(eps), bool(bias_free))
     return layer_norm2d_reference(x, weight, bias, eps, bias_free)
+
+
+def _fake_layer_norm2d(x, weight, bias, eps, bias_free):
+    return torch.empty_like(x, memory_format=memory_format_of(x))
+
+
+if _ext.has_kernel("layer_norm2d", "CPU"):
+    torch.library.register_fake("fastdenoise::layer_norm2d")(_fake_layer_norm2d)
+    register_recompute_autograd("fastdenoise::layer_norm2d", layer_norm2d_reference, 3)
 
 
 #: :mod:`fastdenoise.triton.norm`, imported on first use (triton is optional; _dispatch.lazy_module)

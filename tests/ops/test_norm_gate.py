@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fastdenoise
 from fastdenoise import errors
 from fastdenoise.ops import gate_reference, gelu_gate, layer_norm2d, layer_norm2d_reference, simple_gate
 from fastdenoise.ops.norm import NAFNET_EPS, RESTORMER_EPS
@@ -92,13 +93,74 @@ def test_layer_norm_is_differentiable_and_keeps_inputs():
     (dict(bias_free=True), ValueError, "bias: expected None with bias_free=True"),
     (dict(eps=0.0), ValueError, "eps: expected a positive number"),
     (dict(backend="cuda"), errors.DeviceError, "backend='cuda': expected a tensor on cuda"),
-    (dict(backend="cpu"), errors.BackendError, "layer_norm2d has no compiled CPU kernel"),
 ])
 def test_layer_norm_bad_input(kwargs, err, words):
     args = dict(x=torch.randn(1, 5, 2, 2), weight=torch.randn(5), bias=torch.randn(5))
     args.update(kwargs)
     with pytest.raises(err, match=words):
         layer_norm2d(**args)
+
+
+# ------------------------------------------------------------------ the C++ CPU kernel
+
+HAVE_CPU = fastdenoise._ext.has_kernel("layer_norm2d", "CPU")
+# odd sizes; more channels than the kernel's 16 partial sums (with a remainder) and more pixels
+# than its 64-pixel blocks (with a remainder); C = 1
+CPU_SHAPES = [(2, 5, 7, 9), (1, 48, 1, 33), (3, 1, 4, 4), (2, 37, 13, 29), (1, 130, 3, 70)]
+
+
+def _cpu():
+    if not HAVE_CPU:
+        pytest.fail(f"the C++ CPU kernel is not built: {fastdenoise.build_info()}")
+    return "cpu"
+
+
+@pytest.mark.parametrize("shape", CPU_SHAPES)
+@pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
+@pytest.mark.parametrize("variant", ["bias", "no-bias", "bias-free"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_layer_norm_cpu_kernel_matches_reference(shape, fmt, variant, dtype):
+    c = shape[1]
+    x = (torch.randn(shape) * 3 + 1).to(dtype)
+    if fmt == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c)
+    b = torch.randn(c) if variant == "bias" else None
+    eps = RESTORMER_EPS if variant == "bias-free" else NAFNET_EPS
+    before = x.clone()
+    got = layer_norm2d(x, w, b, eps, variant == "bias-free", backend=_cpu())
+    ref = layer_norm2d_reference(x, w, b, eps, variant == "bias-free")
+    assert torch.equal(x, before)
+    assert got.dtype == dtype and got.shape == x.shape
+    fmt_kept = torch.channels_last if fmt == "channels_last" and c > 1 else torch.contiguous_format
+    assert got.is_contiguous(memory_format=fmt_kept)
+    if dtype in (torch.float32, torch.float64):
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+    else:  # DESIGN.md: at most twice the error of the plain computation in that dtype
+        exact = layer_norm2d_reference(x.double(), w.double(), None if b is None else b.double(), eps,
+                                       variant == "bias-free")
+        assert (got.double() - exact).abs().max() <= 2 * (ref.double() - exact).abs().max() + 1e-12
+
+
+def test_layer_norm_cpu_kernel_strided_input_and_default_dispatch():
+    _cpu()
+    x = torch.randn(2, 12, 5, 14)[..., ::2]
+    w, b = torch.randn(12), torch.randn(12)
+    assert fastdenoise._dispatch.resolve("layer_norm2d", x, None) == "cpu"
+    torch.testing.assert_close(layer_norm2d(x, w, b), layer_norm2d_reference(x, w, b), rtol=1e-5, atol=1e-5)
+    # float16 parameters with a float32 image: statistics and affine in float32
+    torch.testing.assert_close(layer_norm2d(x, w.half(), b.half()),
+                               layer_norm2d_reference(x, w.half(), b.half()), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_cpu_kernel_opcheck():
+    _cpu()
+    x = torch.randn(2, 7, 5, 6)
+    w, b = torch.randn(7), torch.randn(7)
+    torch.library.opcheck(torch.ops.fastdenoise.layer_norm2d.default, (x, w, b, 1e-6, False))
+    torch.library.opcheck(torch.ops.fastdenoise.layer_norm2d.default,
+                          (x.contiguous(memory_format=torch.channels_last), w, None, 1e-5, True))
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 7, 9), (1, 2, 1, 1), (3, 20, 5, 3)])
