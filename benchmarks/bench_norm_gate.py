@@ -13,8 +13,9 @@ Contenders per group:
   the input, plus the residual), NAFNet's SimpleGate followed by its SCA;
 * ``compiled``: ``torch.compile`` of ``eager``;
 * ``fused``: the fastdenoise op with the default dispatch (Triton on CUDA tensors; on the CPU
-  these ops have no compiled kernel and the dispatch runs the plain PyTorch reference, which
-  the table then shows as ``fused``).
+  the layer norm runs its C++ kernel, while the gates and channel attentions have no compiled
+  CPU kernel and the dispatch runs their plain PyTorch reference, which the table then shows
+  as ``fused``).
 
 Each contender's output is checked against the float64 reference first. ``bytes_moved`` is the
 op's minimum traffic (input read once, output written once; parameters neglected), from which
