@@ -50,7 +50,7 @@ def needed_files(src: pathlib.Path) -> set[str]:
     def under(folder):
         return {p.relative_to(src).as_posix() for p in (src / folder).rglob("*") if p.is_file()}
 
-    need = {f for f in TOP_LEVEL}
+    need = set(TOP_LEVEL)
     need |= under("csrc") | under("tests")
     need |= {p for p in under("fastdenoise") if p.endswith(".py")}
     return need
