@@ -6,10 +6,12 @@
 // pixels with all their channels (NCHW: a run of kPixels contiguous pixels of every channel
 // plane; channels_last: kPixels consecutive pixels, C contiguous values each), sums the channels
 // for the mean, then the squared deviations for the variance (two sweeps over data the first
-// one left in cache), then writes y. NCHW sums run over the channels in order, vectorised across
-// pixels; channels_last sums in 16 interleaved partial sums, vectorised across channels. Statistics in float32 (float64 for float64 input), as the
-// reference: mu = sum / C, var = sum((x - mu)^2) / C, rstd = 1 / sqrt(var + eps),
-// y = (x - mu) * rstd * w + b (bias_free: x * rstd * w), each product rounded separately.
+// one left in cache), then writes y. NCHW sums run over the channels in order, vectorised
+// across pixels; channels_last sums in 16 interleaved partial sums, vectorised across channels.
+// Statistics in float32 (float64 for float64 input), as the reference: mu = sum * (1 / C),
+// var = sum((x - mu)^2) * (1 / C), rstd = 1 / sqrt(var + eps), y = (x - mu) * rstd * w + b
+// (bias_free: x * rstd * w), each operation rounded separately: the reference's result to float
+// rounding (its sums and its rsqrt round differently).
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -21,7 +23,6 @@
 #include <cmath>
 #include <optional>
 #include <type_traits>
-#include <vector>
 
 namespace fastdenoise {
 namespace cpu {
