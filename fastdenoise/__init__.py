@@ -18,5 +18,5 @@ from .tiling import TiledModel, tiled
 
 __version__ = "0.1.0"
 
-__all__ = ["build_info", "errors", "ops", "nn", "models", "classic", "io", "metrics", "patch", "unpatch", "PatchReport", "tiled",
-           "TiledModel", "StreamDenoiser", "__version__"]
+__all__ = ["build_info", "errors", "ops", "nn", "models", "classic", "io", "metrics", "patch", "unpatch",
+           "PatchReport", "tiled", "TiledModel", "StreamDenoiser", "__version__"]

@@ -42,14 +42,15 @@ namespace {
 // default window in one tile with one lane to spare. (Tiles of 3 candidate rows sharing each
 // loaded window row, as the CUDA kernel does, measured no faster on this project's x86 CI
 // machine: the loop is bound by its arithmetic there, not by its loads.)
-#if defined(__GNUC__)
-// GCC / Clang vector extensions: a vector of 8 floats (AVX2 registers, two SSE registers on the
-// baseline), arithmetic lane by lane with IEEE rounding.
+//
+// GCC / Clang vector extensions (the CPU kernels need them; bm3d_cpu.cpp's rows too): a vector
+// of 8 floats (AVX2 registers, two SSE registers on the baseline), arithmetic lane by lane with
+// IEEE rounding.
 typedef float bm_vec __attribute__((vector_size(32)));
 constexpr int64_t kLanes = 8;
 constexpr int64_t kVecs = 5;
+constexpr int64_t kTileCols = kLanes * kVecs;
 
-// P: the patch size when known at compile time (8: loops fully unrolled), 0 for any.
 template <int P>
 inline __attribute__((always_inline)) void ssd_tile(const float* win, int64_t ldw, const float* ref,
                                                     int64_t patch_rt, float area, float* out) {
@@ -73,11 +74,6 @@ inline __attribute__((always_inline)) void ssd_tile(const float* win, int64_t ld
     __builtin_memcpy(out + q * kLanes, &d, sizeof(bm_vec));
   }
 }
-#else
-constexpr int64_t kLanes = 8;
-constexpr int64_t kVecs = 5;
-#endif
-constexpr int64_t kTileCols = kLanes * kVecs;
 
 // dist[i * ldo + t]: the distance of the candidate at window row i, column t (t < nwx; ldo a
 // multiple of kTileCols, the lanes past nwx hold garbage). win: the window copy (see above).
@@ -89,7 +85,6 @@ __attribute__((target_clones("avx2", "default")))
 void window_distances(const float* win, int64_t ldw, const float* ref, int64_t patch, int64_t nwy,
                       int64_t ldo, float* dist) {
   const float area = static_cast<float>(patch * patch);
-#if defined(__GNUC__)
   for (int64_t i = 0; i < nwy; ++i)
     for (int64_t t = 0; t < ldo; t += kTileCols) {
       if (patch == 8)
@@ -97,18 +92,6 @@ void window_distances(const float* win, int64_t ldw, const float* ref, int64_t p
       else
         ssd_tile<0>(win + i * ldw + t, ldw, ref, patch, area, dist + i * ldo + t);
     }
-#else
-  for (int64_t i = 0; i < nwy; ++i)
-    for (int64_t t = 0; t < ldo; ++t) {
-      float acc = 0.f;
-      for (int64_t r = 0; r < patch; ++r)
-        for (int64_t c = 0; c < patch; ++c) {
-          const float d = win[(i + r) * ldw + t + c] - ref[r * patch + c];
-          acc = acc + d * d;
-        }
-      dist[i * ldo + t] = acc / area;
-    }
-#endif
 }
 
 // Bit t of the result: d[t] <= thr, for t < n (n <= 64, a multiple of 8). A NaN distance
@@ -146,15 +129,7 @@ inline float bits_float(uint32_t u) {
   return f;
 }
 
-inline int lowest_bit(uint64_t m) {  // m != 0
-#if defined(__GNUC__)
-  return __builtin_ctzll(m);
-#else
-  int b = 0;
-  while (!((m >> b) & 1)) ++b;
-  return b;
-#endif
-}
+inline int lowest_bit(uint64_t m) { return __builtin_ctzll(m); }  // m != 0
 
 }  // namespace
 
