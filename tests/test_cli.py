@@ -340,6 +340,12 @@ def test_default_method_is_real_bm3d(tmp_path, rng, capsys):
     assert "method bm3d" in out
 
 
+def _as_cli(model, x, dtype=torch.float32):
+    """The model and its input as the command line runs a checkpoint: channels_last, in ``dtype``."""
+    return (model.to(dtype=dtype, memory_format=torch.channels_last).eval(),
+            x.to(dtype).contiguous(memory_format=torch.channels_last))
+
+
 def _save(model, path):
     torch.save({k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() and "haar" not in k else v
                 for k, v in model.state_dict().items()}, path)
@@ -353,8 +359,7 @@ def test_checkpoint_models(tmp_path, rng, capsys):
     code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "f.png", "--method", ffd, "--sigma", 15)
     assert code == 0, err
     from fastdenoise.models import load_official
-    model = load_official(ffd)
-    x = read_image(noisy, as_tensor=True)
+    model, x = _as_cli(load_official(ffd), read_image(noisy, as_tensor=True))
     with torch.no_grad():
         expected = quantize(model(x, 15 / 255.0).clamp(0, 1)[0].permute(1, 2, 0).numpy(), 8)
     assert np.array_equal(read_pixels(tmp_path / "f.png"), expected)
@@ -397,7 +402,7 @@ def test_checkpoints_of_the_attention_models(tmp_path, rng, capsys, arch, kwargs
     _, noisy = write_pair(tmp_path, rng, c=3, h=29, w=35)
     code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "o.png", "--method", path)
     assert code == 0, err
-    x = read_image(noisy, as_tensor=True)
+    model, x = _as_cli(model, read_image(noisy, as_tensor=True))
     with torch.no_grad():
         y = model.denoise(x) if hasattr(model, "denoise") else model(x).clamp(0, 1)
     expected = quantize(y.clamp(0, 1)[0].permute(1, 2, 0).numpy(), 8)
@@ -414,6 +419,53 @@ def test_not_a_checkpoint_is_one_line(tmp_path, rng, capsys, content):
     assert len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: {bad}: not a checkpoint torch.load(weights_only=True) can read (")
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_dtype_runs_the_checkpoint_in_that_precision(tmp_path, rng, capsys, dtype_name):
+    """--dtype: the model and its input in that dtype (channels_last), per file, tiled and streamed;
+    the classical methods run in float32 only, and an unknown dtype is a usage error."""
+    dtype = getattr(torch, dtype_name)
+    model = build("nafnet", img_channel=3, width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
+    path = tmp_path / "nafnet.pth"
+    torch.save({"params": model.state_dict()}, path)
+    _, noisy = write_pair(tmp_path, rng, c=3, h=29, w=35)
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "half.png", "--method", path,
+                         "--dtype", dtype_name)
+    assert code == 0, err
+    model, x = _as_cli(model, read_image(noisy, as_tensor=True), dtype)
+    with torch.no_grad():
+        y = model(x)
+    assert y.dtype == dtype
+    expected = quantize(y.float().clamp(0, 1)[0].permute(1, 2, 0).numpy(), 8)
+    half = read_pixels(tmp_path / "half.png")
+    assert np.array_equal(half, expected)
+    # the same network as in float32, to the precision of the narrower type
+    assert run(capsys, "denoise", noisy, "-o", tmp_path / "full.png", "--method", path)[0] == 0
+    full = read_pixels(tmp_path / "full.png").astype(int)
+    diff = np.abs(half.astype(int) - full)
+    assert diff.max() <= 2 and diff.mean() < 0.6
+    # tiled in that dtype: the model is not purely local (channel attention), so close, not equal
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "tiled.png", "--method", path,
+                         "--dtype", dtype_name, "--tile", 16, "--overlap", 8)
+    assert code == 0, err
+    assert np.abs(read_pixels(tmp_path / "tiled.png").astype(int) - full).mean() < 4.0
+    # streamed frames in that dtype: what the per-file path writes
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    write_image(frames / "000.png", read_pixels(noisy))
+    code, out, err = run(capsys, "denoise", frames, "-o", tmp_path / "streamed", "--method", path,
+                         "--dtype", dtype_name, "--stream")
+    assert code == 0, err
+    assert np.abs(read_pixels(tmp_path / "streamed" / "000.png").astype(int) - half).max() <= 1
+    # bm3d / nlm: float32 only; an unknown dtype: argparse's usage error
+    code, _, err = run(capsys, "denoise", noisy, "-o", tmp_path / "c.png", "--method", "nlm", "--dtype", dtype_name)
+    assert code == 2
+    assert err.strip() == (f"error: --dtype {dtype_name}: nlm runs in float32 only; --dtype sets the precision "
+                           "of a checkpoint's model")
+    assert not (tmp_path / "c.png").exists()
+    code, _, err = run(capsys, "denoise", noisy, "-o", tmp_path / "c.png", "--method", path, "--dtype", "float64")
+    assert code == 2 and "invalid choice: 'float64'" in err
 
 
 def test_checkpoint_of_unknown_architecture_and_missing_path(tmp_path, rng, capsys):
@@ -433,6 +485,33 @@ def test_device_cuda_without_cuda(tmp_path, rng, capsys, monkeypatch):
     assert code == 2 and "--device cuda" in err
     code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "o.png", "--method", "nlm")
     assert code == 0 and "on cpu" in out                        # the default without CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
+def test_checkpoint_on_cuda_in_each_dtype(tmp_path, rng, capsys, shared_dir, dtype_name):
+    """The real DnCNN on the GPU (the fused path, channels_last) in each --dtype writes the CPU
+    float32 output to within the dtype's rounding; CUDA graphs with --stream agree with it."""
+    ckpt = shared_dir / "checkpoints" / "dncnn_25.pth"
+    _, noisy = write_pair(tmp_path, rng, h=70, w=57)
+    assert run(capsys, "denoise", noisy, "-o", tmp_path / "cpu.png", "--method", ckpt, "--device", "cpu")[0] == 0
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "gpu.png", "--method", ckpt, "--device", "cuda",
+                         "--dtype", dtype_name)
+    assert code == 0, err
+    assert "on cuda" in out
+    cpu = read_pixels(tmp_path / "cpu.png").astype(int)
+    gpu = read_pixels(tmp_path / "gpu.png").astype(int)
+    # float32 (TF32 convolutions allowed by torch's default for cuDNN), float16: about a level;
+    # bfloat16 (8 significant bits): a few
+    limit = {"float32": 1, "float16": 2, "bfloat16": 6}[dtype_name]
+    assert np.abs(gpu - cpu).max() <= limit
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    write_image(frames / "000.png", read_pixels(noisy))
+    code, out, err = run(capsys, "denoise", frames, "-o", tmp_path / "streamed", "--method", ckpt, "--device", "cuda",
+                         "--dtype", dtype_name, "--stream")
+    assert code == 0, err
+    assert np.abs(read_pixels(tmp_path / "streamed" / "000.png").astype(int) - gpu).max() <= 1
 
 
 # --------------------------------------------------------------------------------------------
