@@ -42,7 +42,7 @@ struct Params {
 // NCHW: the pixels p0 .. p0 + n - 1 of image b. Sums run over the channels in order, vectorised
 // across the block's pixels.
 template <typename T, typename A>
-void norm_block_nchw(const T* __restrict x, T* __restrict y, const A* __restrict w, const A* __restrict bias,
+__attribute__((always_inline)) inline void norm_block_nchw(const T* __restrict x, T* __restrict y, const A* __restrict w, const A* __restrict bias,
                      A eps, const Params& p, int64_t b, int64_t p0, int64_t n) {
   A mean[kPixels], rstd[kPixels];
   const T* xb = x + b * p.C * p.HW + p0;
@@ -98,7 +98,7 @@ inline A lane_sum(const T* __restrict v, int64_t C, F f) {
 
 // channels_last: the pixels p0 .. p0 + n - 1 of image b, each C contiguous values.
 template <typename T, typename A>
-void norm_block_cl(const T* __restrict x, T* __restrict y, const A* __restrict w, const A* __restrict bias,
+__attribute__((always_inline)) inline void norm_block_cl(const T* __restrict x, T* __restrict y, const A* __restrict w, const A* __restrict bias,
                    A eps, const Params& p, int64_t b, int64_t p0, int64_t n) {
   const A inv_c = A(1) / A(p.C);
   for (int64_t i = 0; i < n; ++i) {
@@ -114,6 +114,44 @@ void norm_block_cl(const T* __restrict x, T* __restrict y, const A* __restrict w
     } else {
       for (int64_t c = 0; c < p.C; ++c) yp[c] = T((A(xp[c]) - mean) * rstd * w[c]);
     }
+  }
+}
+
+// float32, the common case, also as an AVX2 clone (picked at load time on CPUs that have it):
+// the block functions inline into each clone, compiled for its instruction set. The same
+// operations in the same order either way (no FMA contraction: -ffp-contract=off), so both
+// clones give the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FD_CLONES
+#endif
+
+FD_CLONES void norm_block_nchw_f32(const float* __restrict x, float* __restrict y, const float* __restrict w,
+                                   const float* __restrict bias, float eps, const Params& p, int64_t b, int64_t p0,
+                                   int64_t n) {
+  norm_block_nchw<float, float>(x, y, w, bias, eps, p, b, p0, n);
+}
+
+FD_CLONES void norm_block_cl_f32(const float* __restrict x, float* __restrict y, const float* __restrict w,
+                                 const float* __restrict bias, float eps, const Params& p, int64_t b, int64_t p0,
+                                 int64_t n) {
+  norm_block_cl<float, float>(x, y, w, bias, eps, p, b, p0, n);
+}
+
+template <typename T, typename A>
+void norm_block(bool cl, const T* x, T* y, const A* w, const A* bias, A eps, const Params& p, int64_t b,
+                int64_t p0, int64_t n) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (cl)
+      norm_block_cl_f32(x, y, w, bias, eps, p, b, p0, n);
+    else
+      norm_block_nchw_f32(x, y, w, bias, eps, p, b, p0, n);
+  } else {
+    if (cl)
+      norm_block_cl<T, A>(x, y, w, bias, eps, p, b, p0, n);
+    else
+      norm_block_nchw<T, A>(x, y, w, bias, eps, p, b, p0, n);
   }
 }
 
@@ -162,10 +200,7 @@ at::Tensor layer_norm2d(const at::Tensor& x_in, const at::Tensor& weight, const 
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / blocks, p0 = (task % blocks) * kPixels;
         const int64_t n = p.HW - p0 < kPixels ? p.HW - p0 : kPixels;
-        if (cl)
-          norm_block_cl<scalar_t, A>(xp, yp, wp, bp, e, p, b, p0, n);
-        else
-          norm_block_nchw<scalar_t, A>(xp, yp, wp, bp, e, p, b, p0, n);
+        norm_block<scalar_t, A>(cl, xp, yp, wp, bp, e, p, b, p0, n);
       }
     });
   });
