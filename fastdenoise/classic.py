@@ -97,6 +97,16 @@ def _stride_for(c: int, h: int, w: int, d: int, max_patches: int) -> int:
     return s
 
 
+def _check_finite(x: torch.Tensor) -> None:
+    """x: every value finite (a NaN or inf pixel would spread through the filters silently)."""
+    if x.device.type == "meta":
+        return
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"x: expected finite values, got {bad} NaN or infinite value{'s' if bad > 1 else ''} "
+                         f"in a {list(x.shape)} tensor")
+
+
 def _check_estimate_input(x) -> None:
     check_tensor("x", x)
     h, w = x.shape[-2], x.shape[-1]
@@ -104,6 +114,7 @@ def _check_estimate_input(x) -> None:
         raise ShapeError(f"x: expected H and W of at least {_SIGMA_MIN_SIZE} (the noise estimator "
                          f"needs enough {_SIGMA_PATCH}x{_SIGMA_PATCH} patches), got H={h}, W={w}: "
                          f"{list(x.shape)}")
+    _check_finite(x)
 
 
 def _noise_variance_one(img: torch.Tensor) -> torch.Tensor:
@@ -243,6 +254,8 @@ def estimate_sigma(x: torch.Tensor) -> torch.Tensor:
 #: h / sigma = 0.7, 0.8, 0.9 give 30.96 / 31.14 / 31.15 dB at sigma 15, 28.69 / 28.71 /
 #: 28.52 dB at sigma 25 and 25.11 / 24.95 / 24.67 dB at sigma 50.
 NLM_H_FACTOR = 0.8
+#: The least default ``h`` of :func:`nlm` (when sigma is 0): weights of differing patches underflow to 0.
+_NLM_MIN_H = 1e-6
 
 
 def nlm(x: torch.Tensor, sigma=None, h=None, patch: int = 7, search: int = 21, *, backend=None) -> torch.Tensor:
@@ -262,10 +275,13 @@ def nlm(x: torch.Tensor, sigma=None, h=None, patch: int = 7, search: int = 21, *
     patch_size=5, patch_distance=6, h=0.8 sigma, sigma=sigma)``.
     """
     check_tensor("x", x)
+    _check_finite(x)
     if sigma is None:
         sigma = estimate_sigma(x).to(torch.float32)
     if h is None:
-        h = sigma * NLM_H_FACTOR
+        # a noise-free image (sigma 0) would give h = 0: floored, so that only identical patches
+        # are averaged (the image comes back as it is) instead of 0 / 0
+        h = _per_image("sigma", sigma, x).mul(NLM_H_FACTOR).clamp_min(_NLM_MIN_H)
     return nlm_filter(x, sigma, h, patch, search, backend=backend)
 
 
@@ -391,14 +407,13 @@ def bm3d(x: torch.Tensor, sigma=None, stage: str = "all", profile: str = "np", *
     if profile not in BM3D_PROFILES:
         raise ValueError(f"profile: expected one of {sorted(BM3D_PROFILES)}, got {profile!r}")
     prof = BM3D_PROFILES[profile]
+    _check_finite(x)
     n, c = x.shape[:2]
     with torch.no_grad():
         if sigma is None:
             sig = estimate_sigma(x).to(torch.float32)
         else:
-            sig = _per_image("sigma", sigma, x)
-            if isinstance(sigma, torch.Tensor) and bool((sig < 0).any()):
-                raise ValueError(f"sigma: expected non-negative values, got {sig.tolist()}")
+            sig = _per_image("sigma", sigma, x)         # finite, >= 0 (checked there)
         sig = sig.clamp_min(_BM3D_MIN_SIGMA)
         consts = _bm3d_constants(x.device)
         img = x.to(torch.float32)

@@ -68,5 +68,26 @@ def test_bad_input():
         classic.nlm(torch.rand(40, 40))
     with pytest.raises(errors.DTypeError, match="x: expected dtype"):
         classic.nlm(torch.zeros(1, 1, 40, 40, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="h: expected a positive value"):
+    with pytest.raises(ValueError, match="h: expected a finite positive value"):
         classic.nlm(torch.rand(1, 1, 40, 40), sigma=0.1, h=0.0)
+    with pytest.raises(ValueError, match="sigma: expected a finite non-negative value, got nan"):
+        classic.nlm(torch.rand(1, 1, 40, 40), sigma=float("nan"))
+    x = torch.rand(1, 3, 40, 40)
+    x[0, 1, 3, 4] = float("nan")
+    for sigma in (None, 0.1):                  # found before the estimator or the filter runs
+        with pytest.raises(ValueError, match=r"x: expected finite values, got 1 NaN or infinite value"):
+            classic.nlm(x, sigma=sigma)
+
+
+@pytest.mark.parametrize("sigma", [None, 0.0])
+def test_noise_free_image_comes_back(sigma):
+    """A noise-free image: the estimate is 0, so the default h would be 0 (0 / 0 in the weights);
+    it is floored and only identical patches are averaged, which gives the image back."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    for img in ((yy + xx) / 126.0, ((yy * 4) % 255) / 255.0):
+        x = img.expand(2, 1, 64, 64).contiguous()
+        if sigma is None:
+            assert torch.equal(classic.estimate_sigma(x), torch.zeros(2))
+        out = classic.nlm(x, sigma=sigma)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, x, rtol=0, atol=1e-6)

@@ -245,7 +245,7 @@ def bm3d_filter_reference(noisy: torch.Tensor, pilot: Optional[torch.Tensor], in
                           inverse: torch.Tensor, window: torch.Tensor, threshold: float) -> torch.Tensor:
     """Plain PyTorch collaborative filtering in float64, all groups of one size at once."""
     _check(noisy, pilot, index, size, sigma, transform, inverse, window, threshold)
-    if bool((sigma <= 0).any()):
+    if not bool((sigma > 0).all()):                 # NaN fails too
         raise ValueError("sigma: expected positive values")
     n_img, c, h, w = noisy.shape
     dev = noisy.device
@@ -305,8 +305,16 @@ def bm3d_filter(noisy: torch.Tensor, pilot: Optional[torch.Tensor], index: torch
     be = _dispatch.resolve("bm3d_filter", noisy, backend, triton_op=False)
     if be == "reference":
         return bm3d_filter_reference(noisy, pilot, index, size, sigma, transform, inverse, window, threshold)
-    return torch.ops.fastdenoise.bm3d_filter(noisy.contiguous(), None if pilot is None else pilot.contiguous(),
-                                             index, size, sigma, transform, inverse, window, float(threshold))
+    try:
+        return torch.ops.fastdenoise.bm3d_filter(noisy.contiguous(), None if pilot is None else pilot.contiguous(),
+                                                 index, size, sigma, transform, inverse, window, float(threshold))
+    except RuntimeError as exc:
+        # The kernels check the values of size / index / sigma as they read them (no extra pass):
+        # their messages name the argument; raised as the reference raises them.
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        if msg.startswith(("size:", "index:", "sigma:", "bm3d_filter: group ")):
+            raise ValueError(msg) from None
+        raise
 
 
 def _fake_bm3d_filter(noisy, pilot, index, size, sigma, transform, inverse, window, threshold):

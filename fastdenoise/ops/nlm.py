@@ -22,6 +22,8 @@ reference below is the spec and works in float64.
 
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Union
 
 import torch
@@ -65,11 +67,19 @@ def _per_image(name: str, v: Number, x: torch.Tensor) -> torch.Tensor:
             raise DeviceError(f"{name}: expected a tensor on {x.device} (the device of x), got {v.device}")
         if v.dim() > 1 or (v.dim() == 1 and v.shape[0] not in (1, b)):
             raise ShapeError(f"{name}: expected a number or a tensor of shape ({b},), got {list(v.shape)}")
-        return v.to(torch.float32).reshape(-1).expand(b).contiguous()
+        if v.dtype == torch.bool or v.is_complex():
+            raise TypeError(f"{name}: expected a number or a real tensor, got a {v.dtype} tensor")
+        vals = v.to(torch.float32).reshape(-1)
+        # the values decide the weights: checked here (one host sync), not found as NaN later
+        bad = ~torch.isfinite(vals) | (vals <= 0 if name == "h" else vals < 0)
+        if bool(bad.any()):
+            raise ValueError(f"{name}: expected finite {'positive' if name == 'h' else 'non-negative'} values, "
+                             f"got [{', '.join(f'{u:.6g}' for u in vals.tolist())}]")
+        return vals.expand(b).contiguous()
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name}: expected a number or a tensor, got {type(v).__name__}")
-    if v < 0 or (name == "h" and v == 0):
-        raise ValueError(f"{name}: expected a {'positive' if name == 'h' else 'non-negative'} value, got {v}")
+    if not math.isfinite(v) or v < 0 or (name == "h" and v == 0):
+        raise ValueError(f"{name}: expected a finite {'positive' if name == 'h' else 'non-negative'} value, got {v}")
     return torch.full((b,), float(v), dtype=torch.float32, device=x.device)
 
 

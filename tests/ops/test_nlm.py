@@ -136,10 +136,24 @@ def test_bad_input():
         nlm_filter(x, 0.1, 0.1, patch=65)
     with pytest.raises(ValueError, match="search: expected a positive odd int, got 0"):
         nlm_filter(x, 0.1, 0.1, search=0)
-    with pytest.raises(ValueError, match="h: expected a positive value, got 0"):
+    with pytest.raises(ValueError, match="h: expected a finite positive value, got 0"):
         nlm_filter(x, 0.1, 0)
-    with pytest.raises(ValueError, match="sigma: expected a non-negative value, got -0.1"):
+    with pytest.raises(ValueError, match="sigma: expected a finite non-negative value, got -0.1"):
         nlm_filter(x, -0.1, 0.1)
+    with pytest.raises(ValueError, match="sigma: expected a finite non-negative value, got nan"):
+        nlm_filter(x, float("nan"), 0.1)
+    with pytest.raises(ValueError, match="h: expected a finite positive value, got inf"):
+        nlm_filter(x, 0.1, float("inf"))
+    # tensors: their values are checked too (NaN, inf, a zero h, a negative sigma)
+    x2 = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"h: expected finite positive values, got \[0.1, 0\]"):
+        nlm_filter(x2, 0.1, torch.tensor([0.1, 0.0]))
+    with pytest.raises(ValueError, match=r"sigma: expected finite non-negative values, got \[-1, 0.1\]"):
+        nlm_filter(x2, torch.tensor([-1.0, 0.1]), 0.1)
+    with pytest.raises(ValueError, match=r"sigma: expected finite non-negative values, got \[nan\]"):
+        nlm_filter(x2, torch.tensor([float("nan")]), 0.1)
+    with pytest.raises(TypeError, match="h: expected a number or a real tensor, got a torch.bool tensor"):
+        nlm_filter(x2, 0.1, torch.tensor([True, True]))
     with pytest.raises(errors.ShapeError, match=r"sigma: expected a number or a tensor of shape \(1,\), got \[3\]"):
         nlm_filter(x, torch.ones(3), 0.1)
     with pytest.raises(TypeError, match="h: expected a number or a tensor, got str"):
