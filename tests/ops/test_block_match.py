@@ -149,8 +149,15 @@ def test_cpu_kernel_layouts_dtypes_and_determinism():
         assert torch.equal(other.index, base.index) and torch.equal(other.distance, base.distance)
     again = block_match(x, 6, 11, 8, 2, backend=_cpu())
     assert torch.equal(again.index, base.index) and torch.equal(again.distance, base.distance)
-    half = block_match(x.half(), 6, 11, 8, 2, backend=_cpu())
-    assert half.distance.dtype == torch.float32 and half.index.shape == base.index.shape
+    # the other dtypes: exactly the float32 matches of the same (rounded) values
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        xr = x.to(dtype)
+        got = block_match(xr, 6, 11, 8, 2, backend=_cpu())
+        want = block_match(xr.float(), 6, 11, 8, 2, backend=_cpu())
+        assert got.distance.dtype == torch.float32
+        assert torch.equal(got.index, want.index) and torch.equal(got.distance, want.distance)
+        ref = block_match_reference(xr.float(), 6, 11, 8, 2)
+        assert torch.equal(got.index, ref.index)
     # colour is matched on the luma: the same as matching the luma image itself
     luma = block_match(matching_guide(x).unsqueeze(1), 6, 11, 8, 2, backend=_cpu())
     assert torch.equal(luma.index, base.index)

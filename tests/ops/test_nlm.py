@@ -108,10 +108,15 @@ def test_cpu_kernel_layouts_dtypes_and_noise():
     out_cl = nlm_filter(cl, 0.1, 0.06, 7, 11, backend=_cpu())
     assert out_cl.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out_cl, out, rtol=0, atol=0)
-    out_half = nlm_filter(noisy.half(), 0.1, 0.06, 7, 11, backend=_cpu())
-    assert out_half.dtype == torch.float16
-    torch.testing.assert_close(out_half.float(), nlm_filter(noisy.half().float(), 0.1, 0.06, 7, 11), rtol=0,
-                               atol=1e-3)
+    # the other dtypes against the reference on the same (rounded) input: float16 / bfloat16 to
+    # the rounding of their output (half an ulp below 1: 2^-11 / 2^-8), float64 to float32's
+    for dtype, atol in ((torch.float16, 2.0 ** -11 + 2e-6), (torch.bfloat16, 2.0 ** -8 + 2e-6),
+                        (torch.float64, 2e-6)):
+        xin = noisy.to(dtype)
+        got = nlm_filter(xin, 0.1, 0.06, 7, 11, backend=_cpu())
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), nlm_reference(xin, 0.1, 0.06, 7, 11).double(), rtol=1e-5,
+                                   atol=atol)
 
 
 def test_default_dispatch_and_opcheck():
