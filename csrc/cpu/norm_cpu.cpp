@@ -42,8 +42,9 @@ struct Params {
 // NCHW: the pixels p0 .. p0 + n - 1 of image b. Sums run over the channels in order, vectorised
 // across the block's pixels.
 template <typename T, typename A>
-__attribute__((always_inline)) inline void norm_block_nchw(const T* __restrict x, T* __restrict y, const A* __restrict w, const A* __restrict bias,
-                     A eps, const Params& p, int64_t b, int64_t p0, int64_t n) {
+__attribute__((always_inline)) inline void norm_block_nchw(const T* __restrict x, T* __restrict y,
+                                                           const A* __restrict w, const A* __restrict bias, A eps,
+                                                           const Params& p, int64_t b, int64_t p0, int64_t n) {
   A mean[kPixels], rstd[kPixels];
   const T* xb = x + b * p.C * p.HW + p0;
   T* yb = y + b * p.C * p.HW + p0;
@@ -98,8 +99,9 @@ inline A lane_sum(const T* __restrict v, int64_t C, F f) {
 
 // channels_last: the pixels p0 .. p0 + n - 1 of image b, each C contiguous values.
 template <typename T, typename A>
-__attribute__((always_inline)) inline void norm_block_cl(const T* __restrict x, T* __restrict y, const A* __restrict w, const A* __restrict bias,
-                   A eps, const Params& p, int64_t b, int64_t p0, int64_t n) {
+__attribute__((always_inline)) inline void norm_block_cl(const T* __restrict x, T* __restrict y,
+                                                         const A* __restrict w, const A* __restrict bias, A eps,
+                                                         const Params& p, int64_t b, int64_t p0, int64_t n) {
   const A inv_c = A(1) / A(p.C);
   for (int64_t i = 0; i < n; ++i) {
     const T* xp = x + (b * p.HW + p0 + i) * p.C;

@@ -23,7 +23,6 @@ reference below is the spec and works in float64.
 from __future__ import annotations
 
 import math
-
 from typing import Optional, Union
 
 import torch
