@@ -31,6 +31,7 @@ crop themselves (those of :mod:`fastdenoise.models` do).
 from __future__ import annotations
 
 import copy as _copy
+import operator
 from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
@@ -58,7 +59,12 @@ class StreamDenoiser:
             raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
         if dtype not in _FLOATS:
             raise DTypeError(f"dtype: expected one of (float16, bfloat16, float32), got {dtype}")
-        shape = tuple(int(s) for s in shape)
+        try:                                  # whole numbers only: no float, bool or string sizes
+            if isinstance(shape, (str, bytes)) or any(isinstance(s, bool) for s in shape):
+                raise TypeError
+            shape = tuple(operator.index(s) for s in shape)
+        except TypeError:
+            raise ShapeError(f"shape: expected (H, W, C) or (H, W) of integers, got {shape!r}") from None
         if len(shape) == 2:
             shape = shape + (1,)
         if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
@@ -111,10 +117,15 @@ class StreamDenoiser:
         y = self.model(x)
         if isinstance(y, (list, tuple)):
             y = y[0]
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ShapeError(f"model: expected an output of the frame's shape {list(x.shape)} (a size-keeping "
+                             f"denoiser), got {got}")
         return y
 
-    def _work(self, kind: Tuple, src: torch.Tensor) -> torch.Tensor:
-        """Device work of one frame: ``src`` (the device input buffer) -> the output to copy out."""
+    def _work(self, kind: Tuple, src: torch.Tensor, own: bool = True) -> torch.Tensor:
+        """Device work of one frame: ``src`` (the device input buffer; ``own=False``: the caller's
+        tensor) -> the output to copy out."""
         if kind[0] == "host":
             tdtype, full = _UINT[kind[1]]
             x = src.permute(2, 0, 1)[None].to(self.dtype).div_(full)        # (1, C, H, W) channels_last view
@@ -124,6 +135,8 @@ class StreamDenoiser:
             return y[0].permute(1, 2, 0).to(tdtype).contiguous()
         x = src if src.dim() == 4 else src[None]
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        if not own and x.data_ptr() == src.data_ptr():
+            x = x.clone(memory_format=torch.channels_last)
         y = self._forward(x)
         y = y.to(src.dtype)
         return y if src.dim() == 4 else y[0]
@@ -161,7 +174,8 @@ class StreamDenoiser:
             arr = f if f.ndim == 3 else f[:, :, None]
             out = self._work(kind, torch.from_numpy(np.ascontiguousarray(arr)))
             return out.numpy().reshape(f.shape)
-        return self._work(kind, f)
+        # the caller's tensor is never handed to the model (which may work in place, or return it)
+        return self._work(kind, f, own=False)
 
     def _slot(self, kind: Tuple, index: int) -> "_Slot":
         key = kind + (index,)

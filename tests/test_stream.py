@@ -120,6 +120,30 @@ def test_bad_input():
         s([1, 2])
     with pytest.raises(ShapeError, match="shape: expected"):
         StreamDenoiser(_model(), (8, 8, 2))
+    for bad in ((8.7, 9.2, 3), "893", (8, True, 3)):       # not truncated, not read digit by digit
+        with pytest.raises(ShapeError, match=r"shape: expected \(H, W, C\) or \(H, W\) of integers"):
+            StreamDenoiser(_model(), bad)
+    # a model that does not keep the size: a typed error naming the model, host and device frames
+    crop = StreamDenoiser(lambda t: t[..., 1:, :], (8, 9, 3), torch.float32)
+    with pytest.raises(ShapeError, match=r"model: expected an output of the frame's shape \[1, 3, 8, 9\].*"
+                                         r"got \[1, 3, 7, 9\]"):
+        crop(np.zeros((8, 9, 3), np.uint8))
+    with pytest.raises(ShapeError, match="model: expected an output of the frame's shape"):
+        crop(torch.zeros(3, 8, 9))
+
+
+def test_callers_tensor_never_reaches_the_model():
+    """A float32 channels_last frame needs no conversion: the model still gets a copy, so an
+    in-place model leaves the caller's frame alone and an identity model returns new storage."""
+    def in_place(t):
+        return t.mul_(0.5)
+    frame = torch.rand(1, 1, 8, 9)
+    before = frame.clone()
+    out = StreamDenoiser(in_place, (8, 9, 1), torch.float32)(frame)
+    assert torch.equal(frame, before)
+    torch.testing.assert_close(out, before * 0.5)
+    same = StreamDenoiser(lambda t: t, (8, 9, 1), torch.float32)(frame)
+    assert torch.equal(same, frame) and same.data_ptr() != frame.data_ptr()
     with pytest.raises(DTypeError, match="dtype: expected one of"):
         StreamDenoiser(_model(), (8, 8, 3), torch.float64)
     if not torch.cuda.is_available():

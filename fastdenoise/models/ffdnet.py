@@ -10,6 +10,7 @@ input size. Unlike DnCNN there is no residual: the network outputs the clean ima
 
 from __future__ import annotations
 
+import math
 from typing import Union
 
 import torch
@@ -43,7 +44,11 @@ class FFDNet(nn.Module):
     def forward(self, x: torch.Tensor, sigma: Union[torch.Tensor, float]) -> torch.Tensor:
         check_model_input(self, x, self.in_nc, "FFDNet in_nc")
         b = x.shape[0]
+        if isinstance(sigma, bool):
+            raise TypeError("sigma: expected a number or a (B, 1, 1, 1) tensor, got bool")
         if isinstance(sigma, (int, float)):
+            if not math.isfinite(sigma) or sigma < 0:
+                raise ValueError(f"sigma: expected a finite non-negative noise level, got {sigma}")
             sigma = torch.full((b, 1, 1, 1), float(sigma), dtype=x.dtype, device=x.device)
         check_tensor("sigma", sigma, layout="(B, 1, 1, 1)")
         if tuple(sigma.shape[1:]) != (1, 1, 1) or sigma.shape[0] not in (1, b):

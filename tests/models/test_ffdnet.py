@@ -149,5 +149,10 @@ def test_bad_input():
         m(torch.randn(1, 8, 8), s)
     with pytest.raises(DTypeError):
         m(torch.randn(1, 1, 8, 8, dtype=torch.float16), s)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match=f"sigma: expected a finite non-negative noise level, got {bad}"):
+            m(torch.randn(1, 1, 8, 8), bad)
+    with pytest.raises(TypeError, match="sigma: expected a number or a \\(B, 1, 1, 1\\) tensor, got bool"):
+        m(torch.randn(1, 1, 8, 8), True)
     with pytest.raises(ValueError, match="act_mode"):
         FFDNet(act_mode="X")
