@@ -59,6 +59,13 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def pixel_stride(x: torch.Tensor) -> int:
+    """The stride between consecutive pixels of a dense NCHW or channels_last (B, C, H, W) tensor,
+    pixels flattened as i * W + j. PyTorch ignores the strides of size-1 dims when it decides
+    contiguity, so for W = 1 ``stride(3)`` can be anything and the pixel step is ``stride(2)``."""
+    return x.stride(2) if x.shape[3] == 1 else x.stride(3)
+
+
 def check_channels(name: str, x: torch.Tensor, expected: int, why: str = "") -> None:
     """Check that ``x`` (B, C, H, W) has ``expected`` channels; ``why`` says where the number comes from."""
     c = x.shape[1]

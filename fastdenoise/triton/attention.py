@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .._checks import memory_format_of
+from .._checks import memory_format_of, pixel_stride
 
 __all__ = ["pooled_mean", "scale", "POOL_NAME", "SCALE_NAME", "register_autograd"]
 
@@ -135,7 +135,7 @@ def _pool(x: torch.Tensor, pre: int, force_int64: bool = False) -> torch.Tensor:
     index64 = bool(force_int64) or x.numel() + _TILE * 8 > _INT32_MAX
     grid = (n_split, triton.cdiv(cu, block_c), n)
     wrap_triton(_pool_kernel)[grid](
-        x, part, hw, cu, n_split, x.stride(0), x.stride(1), x.stride(3),
+        x, part, hw, cu, n_split, x.stride(0), x.stride(1), pixel_stride(x),
         PRE=pre, BLOCK_P=block_p, BLOCK_C=block_c, PIX=pix, INDEX64=index64,
         ACC_FP64=acc == torch.float64, num_warps=_NUM_WARPS,
     )
@@ -159,8 +159,8 @@ def _scale(x: torch.Tensor, a: Optional[torch.Tensor], residual: Optional[torch.
     index64 = bool(force_int64) or max(x.numel(), res.numel()) + 8 * _BLOCK > _INT32_MAX
     wrap_triton(_scale_kernel)[(triton.cdiv(total, _BLOCK),)](
         x, a, res, y, total, cu, h * w,
-        x.stride(0), x.stride(1), x.stride(3), res.stride(0), res.stride(1), res.stride(3),
-        y.stride(0), y.stride(1), y.stride(3),
+        x.stride(0), x.stride(1), pixel_stride(x), res.stride(0), res.stride(1), pixel_stride(res),
+        y.stride(0), y.stride(1), pixel_stride(y),
         PRE=pre, HAS_SCALE=a is not y, HAS_RES=residual is not None, CHANNELS_LAST=fmt == torch.channels_last,
         BLOCK=_BLOCK,
         INDEX64=index64, ACC_FP64=x.dtype == torch.float64, num_warps=_NUM_WARPS,

@@ -25,6 +25,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from .._checks import pixel_stride
+
 __all__ = ["gram", "GRAM_NAME", "register_autograd", "DTYPES"]
 
 GRAM_NAME = "fastdenoise::mdta_gram_triton"
@@ -90,7 +92,7 @@ def _flat_pixels(x: torch.Tensor) -> torch.Tensor:
     """``x`` if its pixels are one stride apart in the flattened H W order (NCHW and
     channels_last dense tensors), else a contiguous copy."""
     _, _, h, w = x.shape
-    if h == 1 or x.stride(2) == w * x.stride(3):
+    if h == 1 or w == 1 or x.stride(2) == w * x.stride(3):    # then pixel_stride(x) steps them
         return x
     return x.contiguous()
 
@@ -110,11 +112,11 @@ def _gram(qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor
     n_split = triton.cdiv(hw, pix)
     g_part = torch.empty((bh, n_split, d, d), dtype=torch.float32, device=qkv.device)
     sq_part = torch.empty((bh, n_split, 2, d), dtype=torch.float32, device=qkv.device)
-    last = (b - 1) * qkv.stride(0) + (c3 - 1) * qkv.stride(1) + (hw - 1 + pix) * qkv.stride(3)
+    last = (b - 1) * qkv.stride(0) + (c3 - 1) * qkv.stride(1) + (hw - 1 + pix) * pixel_stride(qkv)
     index64 = last > _INT32_MAX or bh * n_split * d * d > _INT32_MAX
     wrap_triton(_gram_kernel)[(n_split, bh)](
         qkv, g_part, sq_part, hw, d, c, num_heads, n_split, pix,
-        qkv.stride(0), qkv.stride(1), qkv.stride(3),
+        qkv.stride(0), qkv.stride(1), pixel_stride(qkv),
         D_PAD=d_pad, BLOCK_P=block_p, INDEX64=index64, IEEE=qkv.dtype == torch.float32,
         num_warps=_NUM_WARPS,
     )

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .._checks import memory_format_of
+from .._checks import memory_format_of, pixel_stride
 from ..ops.norm import TRITON_MAX_CHANNELS as MAX_CHANNELS
 from ._recompute import register_recompute_autograd
 
@@ -77,7 +77,7 @@ def _layer_norm2d_kernel(
 
 def _pixel_strides(t: torch.Tensor) -> tuple:
     """(s_b, s_c, s_p) of a dense NCHW or channels_last tensor, pixels flattened as i * W + j."""
-    return t.stride(0), t.stride(1), t.stride(3)
+    return t.stride(0), t.stride(1), pixel_stride(t)
 
 
 def _layer_norm2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float,

@@ -59,6 +59,23 @@ def test_simplified_channel_attention_matches_reference(shape, layout, gate):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_width_one_with_any_last_stride(layout):
+    """(B, C, H, 1) tensors whose stride(3) is not the pixel step (PyTorch ignores size-1 dims for
+    contiguity): pooling and scaling step the pixels by stride(2)."""
+    x = _layout(torch.randn(2, 8, 1, 16, device=DEVICE), layout).transpose(2, 3)
+    assert x.shape == (2, 8, 16, 1) and x.stride(3) != x.stride(2)
+    w1, b1, w2, b2 = _params(8, 4, True)
+    res = torch.randn(2, 8, 16, 1, device=DEVICE)
+    torch.testing.assert_close(A.channel_attention(x, w1, b1, w2, b2, residual=res, backend="triton"),
+                               A.channel_attention_reference(x, w1, b1, w2, b2, res), rtol=1e-5, atol=1e-5)
+    for gate in (False, True):
+        cu = 4 if gate else 8
+        w, b = torch.randn(cu, cu, device=DEVICE), torch.randn(cu, device=DEVICE)
+        torch.testing.assert_close(A.simplified_channel_attention(x, w, b, gate=gate, backend="triton"),
+                                   A.simplified_channel_attention_reference(x, w, b, gate), rtol=1e-5, atol=1e-5)
+
+
 def test_pooling_over_several_programs_is_deterministic():
     """More than one pixel range per image (4096 pixels each): partial sums added in a fixed order."""
     from fastdenoise.triton import attention as ta

@@ -83,6 +83,18 @@ def test_non_flat_view_and_residual():
     torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_width_one_with_any_last_stride(layout):
+    """A (B, 3C, H, 1) qkv whose stride(3) is not the pixel step (PyTorch ignores size-1 dims for
+    contiguity, so no copy is made): the pixels are stepped by stride(2)."""
+    qkv, t, w, b = _inputs(2, 8, 2, 1, 13, torch.float32, layout, seed=5)
+    qkv = qkv.transpose(2, 3)
+    assert qkv.shape == (2, 24, 13, 1) and qkv.stride(3) != qkv.stride(2)
+    got = M.transposed_attention(qkv, t, 2, w, b, backend="triton")
+    ref = M.transposed_attention_reference(qkv, t, 2, w, b)
+    torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-5)
+
+
 def test_deterministic_and_input_untouched():
     qkv, t, w, _ = _inputs(2, 16, 2, 17, 9, torch.float16, "channels_last", seed=12)
     before = qkv.clone()

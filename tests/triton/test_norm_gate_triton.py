@@ -73,6 +73,24 @@ def test_strided_inputs():
     torch.testing.assert_close(simple_gate(x, backend="triton"), gate_reference(x), rtol=0, atol=0)
 
 
+def _width_one(b, c, h, layout):
+    """(b, c, h, 1) tensors PyTorch calls contiguous (NCHW) or channels_last whose stride(3) is
+    not the pixel step (size-1 dims do not count for contiguity): made by transposing H and W."""
+    x = _layout(torch.randn(b, c, 1, h, device=DEVICE), layout).transpose(2, 3)
+    assert x.shape == (b, c, h, 1) and x.stride(3) != x.stride(2)
+    return x
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_width_one_with_any_last_stride(layout):
+    x = _width_one(2, 8, 16, layout)
+    w, b = torch.randn(8, device=DEVICE), torch.randn(8, device=DEVICE)
+    torch.testing.assert_close(layer_norm2d(x, w, b, backend="triton"), layer_norm2d_reference(x, w, b),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(simple_gate(x, backend="triton"), gate_reference(x), rtol=0, atol=0)
+    torch.testing.assert_close(gelu_gate(x, backend="triton"), gate_reference(x, True), rtol=1e-5, atol=1e-5)
+
+
 def test_int64_offsets_give_the_same_result():
     from fastdenoise.triton import gate as tg
     from fastdenoise.triton import norm as tn

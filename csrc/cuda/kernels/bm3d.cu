@@ -146,7 +146,11 @@ bm3d_group_kernel(const float* __restrict__ noisy, const float* __restrict__ pil
       const double sc = static_cast<double>(sigma[b * C + c]);
       const double s2 = sc * sc;
       smin = c == 0 ? s2 : (s2 < smin ? s2 : smin);
-      sum_q += wiener ? s2 * (static_cast<double>(q) / kBm3dFixedScale) : s2 * static_cast<double>(q);
+      // explicitly rounded: nvcc would contract s2 * q + sum_q into an FMA, which the CPU (built
+      // with -ffp-contract=off) does not do, and the weight would differ in the last bit
+      const double term = wiener ? __dmul_rn(s2, __ddiv_rn(static_cast<double>(q), kBm3dFixedScale))
+                                 : __dmul_rn(s2, static_cast<double>(q));
+      sum_q = __dadd_rn(sum_q, term);
     }
     weight = bm3d_weight(sum_q, smin);
   }
