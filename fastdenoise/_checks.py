@@ -103,6 +103,18 @@ def check_model_input(model: torch.nn.Module, x, channels: int, why: str) -> Non
         check_like("x", x, "the model's parameters", ref)
 
 
+def check_block_input(block: str, x, channels: int, param: torch.Tensor, *, match_dtype: bool = True) -> None:
+    """Edge checks of a fused block's input: a float (B, C, H, W) tensor ``x`` with the block's
+    ``channels``, on the device of the block's parameter ``param`` and, when ``match_dtype`` and
+    autocast is off, in its dtype (the official block's convolutions raise there, and a fused op
+    would round the weights silently). ``block`` names the block in the messages."""
+    check_tensor("x", x)
+    check_channels("x", x, channels, f"the channel count of {block}")
+    check_same_device("x", x, f"{block}'s parameters", param)
+    if match_dtype and not autocast_enabled(x.device.type):
+        check_like("x", x, f"{block}'s parameters", param)
+
+
 def autocast_enabled(device_type: str) -> bool:
     try:
         return torch.is_autocast_enabled(device_type)

@@ -23,6 +23,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from .._checks import check_block_input
 from ..ops import channel_attention
 
 __all__ = ["MPRNetCALayer", "CAB", "RIDNetCALayer"]
@@ -84,6 +85,7 @@ class MPRNetCALayer(nn.Module):
     def attend(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x * attention(x)`` (+ ``residual``) in one op."""
         down, up = self.conv_du[0], self.conv_du[2]
+        check_block_input(type(self).__name__, x, down.in_channels, down.weight, match_dtype=False)
         return channel_attention(x, down.weight, _bias(down), up.weight, _bias(up), residual=residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +120,8 @@ class CAB(nn.Module):
         self.body = nn.Sequential(first, act, second)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.body[0]
+        check_block_input(type(self).__name__, x, first.in_channels, first.weight)
         y = self.body(x)
         if y.dtype != x.dtype:           # mixed dtypes (autocast): add in the promoted dtype, as eager
             return self.CA.attend(y) + x
@@ -160,6 +164,7 @@ class RIDNetCALayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         down, up = self.c1.body[0], self.c2.body[0]
+        check_block_input(type(self).__name__, x, down.in_channels, down.weight, match_dtype=False)
         return channel_attention(x, down.weight, _bias(down), up.weight, _bias(up))
 
     @classmethod

@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._checks import autocast_enabled, check_channels, check_tensor, memory_format_of
+from .._checks import autocast_enabled, check_block_input, memory_format_of
 from ..ops.dwconv_gate import dwconv_gate
 from ..ops.pwdw import pointwise_dwconv
 
@@ -127,12 +127,11 @@ class GDFN(nn.Module):
         return dwconv_gate(pin(x), dw.weight, dw.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor("x", x)
-        check_channels("x", x, self.project_in.in_channels, "GDFN's dim")
+        check_block_input(type(self).__name__, x, self.project_in.in_channels, self.project_in.weight)
         h = x.shape[2]
-        # as the official convolutions run under autocast or raise on a dtype mismatch: not fused then
-        fuse = (self.fuse_input and x.dtype == self.project_in.weight.dtype
-                and not autocast_enabled(x.device.type))
+        # the official convolutions run in autocast's dtype: not fused then (outside autocast the
+        # check above makes x's dtype the weights')
+        fuse = self.fuse_input and not autocast_enabled(x.device.type)
         widest = self.dwconv.in_channels // (2 if fuse else 1)
         rows = self.chunk_rows if self.chunk_rows is not None else chunk_rows_for(x, widest)
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:

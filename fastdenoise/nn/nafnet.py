@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_block_input
 from ..ops import channel_attention, layer_norm2d, simple_gate, simplified_channel_attention
 
 __all__ = ["LayerNorm2d", "SimpleGate", "NAFBlock", "BaselineBlock"]
@@ -58,6 +59,7 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_block_input(type(self).__name__, x, self.weight.numel(), self.weight, match_dtype=False)
         return layer_norm2d(x, self.weight, self.bias, self.eps)
 
     @classmethod
@@ -159,6 +161,7 @@ class NAFBlock(nn.Module):
         build_nafblock(self, c, DW_Expand, FFN_Expand, drop_out_rate, LayerNorm2d, SimpleGate)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        check_block_input(type(self).__name__, inp, self.conv1.in_channels, self.conv1.weight)
         x = self.conv2(self.conv1(self.norm1(inp)))
         if _is_global_pool(self.sca[0]):
             conv = self.sca[1]
@@ -196,6 +199,7 @@ class BaselineBlock(nn.Module):
         build_baselineblock(self, c, DW_Expand, FFN_Expand, drop_out_rate, LayerNorm2d)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        check_block_input(type(self).__name__, inp, self.conv1.in_channels, self.conv1.weight)
         x = self.conv2(self.conv1(self.norm1(inp)))
         if _is_global_pool(self.se[0]):
             c1, c2 = self.se[1], self.se[3]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import autocast_enabled
+from .._checks import autocast_enabled, check_block_input
 from ..ops import layer_norm2d, pointwise_dwconv, transposed_attention
 from ..ops.norm import RESTORMER_EPS
 from .gdfn import GDFN
@@ -73,8 +73,8 @@ class MDTA(nn.Module):
     ``qkv_dwconv``, ``project_out``), fused (see the module docstring). ``fuse_input``
     (keyword-only, also an attribute): compute ``qkv_dwconv(qkv(x))`` as one
     :func:`fastdenoise.ops.pointwise_dwconv` -- not under autocast, where the two convolutions
-    run in autocast's dtype as the official do, nor for an input whose dtype differs from the
-    weights' (the convolutions then raise as the official do)."""
+    run in autocast's dtype as the official do. Outside autocast an input whose dtype differs
+    from the weights' is a DTypeError (the official convolutions raise there too)."""
 
     def __init__(self, dim: int, num_heads: int, bias: bool, *, fuse_input: bool = False):
         super().__init__()
@@ -90,7 +90,8 @@ class MDTA(nn.Module):
     def attend(self, x: torch.Tensor, residual=None) -> torch.Tensor:
         """The block's output (+ ``residual``, added in the final product)."""
         pw, dw = self.qkv, self.qkv_dwconv
-        if self.fuse_input and x.dtype == pw.weight.dtype and not autocast_enabled(x.device.type):
+        check_block_input(type(self).__name__, x, pw.in_channels, pw.weight)
+        if self.fuse_input and not autocast_enabled(x.device.type):
             qkv = pointwise_dwconv(x, pw.weight, dw.weight, pw.bias, dw.bias)
         else:
             qkv = self.qkv_dwconv(self.qkv(x))
@@ -143,6 +144,7 @@ class RestormerLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         body = self.body
+        check_block_input(type(self).__name__, x, body.weight.numel(), body.weight, match_dtype=False)
         return layer_norm2d(x, body.weight, None if self.bias_free else body.bias, RESTORMER_EPS,
                             bias_free=self.bias_free)
 
@@ -194,6 +196,8 @@ class TransformerBlock(nn.Module):
         self.ffn = GDFN(dim, ffn_expansion_factor, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.attn.qkv
+        check_block_input(type(self).__name__, x, qkv.in_channels, qkv.weight)
         x = self.attn.attend(self.norm1(x), residual=x)
         return x + self.ffn(self.norm2(x))
 

@@ -191,7 +191,7 @@ def test_bad_input():
     m = fnn.GDFN(8, 2.66, False)
     with pytest.raises(errors.ShapeError, match=r"x: expected 4 dims"):
         m(torch.randn(8, 5, 5))
-    with pytest.raises(errors.ShapeError, match=r"x: expected 8 channels \(GDFN's dim\), got C=7"):
+    with pytest.raises(errors.ShapeError, match=r"x: expected 8 channels \(the channel count of GDFN\), got C=7"):
         m(torch.randn(1, 7, 5, 5))
     m.chunk_rows = 0
     with pytest.raises(ValueError, match=r"chunk_rows: expected a positive int or None, got 0"):

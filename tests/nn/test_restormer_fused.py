@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastdenoise import errors
 from fastdenoise import nn as fnn
 from fastdenoise.models import restormer as plain
 
@@ -171,11 +172,13 @@ def test_set_fuse_input_and_the_model_switch():
 
 
 def test_fused_input_keeps_the_official_dtype_error():
-    """An input whose dtype differs from the weights' raises as the official convolutions do,
-    fuse_input or not (the fused op would otherwise round the weights silently)."""
+    """An input whose dtype differs from the weights' raises (a typed error where the official
+    convolutions raise a RuntimeError), fuse_input or not (the fused op would otherwise round the
+    weights silently)."""
     att = fnn.MDTA.from_module(plain.Attention(8, 1, False), fuse_input=True)
     ffn = fnn.GDFN.from_module(plain.FeedForward(8, 2.66, False), fuse_input=True)
     x = torch.randn(1, 8, 5, 6, dtype=torch.float64)
     for m in (att, ffn):
-        with pytest.raises(RuntimeError, match="should be the same|expected scalar type"):
+        with pytest.raises(errors.DTypeError, match=rf"x: expected dtype float32 \(the dtype of "
+                           rf"{type(m).__name__}'s parameters\), got float64"):
             m(x)
