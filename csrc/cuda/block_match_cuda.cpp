@@ -29,7 +29,6 @@ std::tuple<at::Tensor, at::Tensor> block_match(const at::Tensor& guide_in, int64
   const int64_t min_candidates = bm_min_candidates(H, W, patch, search);
   TORCH_CHECK(k >= 1 && k <= min_candidates, "k: expected 1 <= k <= ", min_candidates,
               " (the smallest search window here), got ", k);
-  TORCH_CHECK(B <= 65535, "guide: expected at most 65535 images, got ", B);
 
   c10::cuda::CUDAGuard device_guard(guide_in.device());
   const at::Tensor guide = guide_in.contiguous();

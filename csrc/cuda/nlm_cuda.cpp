@@ -30,7 +30,6 @@ at::Tensor nlm(const at::Tensor& x_in, const at::Tensor& sigma_in, const at::Ten
   TORCH_CHECK(patch >= 1 && patch % 2 == 1 && patch <= kNlmMaxPatch, "patch: expected an odd size <= ",
               kNlmMaxPatch, ", got ", patch);
   TORCH_CHECK(search >= 1 && search % 2 == 1, "search: expected an odd size, got ", search);
-  TORCH_CHECK(B <= 65535, "x: expected at most 65535 images, got ", B);
 
   c10::cuda::CUDAGuard device_guard(x_in.device());
   int max_smem = 0;

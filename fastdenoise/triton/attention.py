@@ -26,6 +26,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import memory_format_of, pixel_stride
+from ._launch import batch_chunks, on_device
 
 __all__ = ["pooled_mean", "scale", "POOL_NAME", "SCALE_NAME", "register_autograd"]
 
@@ -73,7 +74,7 @@ def _pool_kernel(x_ptr, part_ptr, HW, CU, n_split,
         off = b * sxb + p[:, None] * sxp + c[None, :] * sxc
         x = tl.load(x_ptr + off, mask=mask, other=0.0).to(acc_ty)
         x2 = x
-        if PRE == 3:
+        if PRE >= 3:
             x2 = tl.load(x_ptr + off + CU * sxc, mask=mask, other=0.0).to(acc_ty)
         acc += tl.where(mask, _apply_pre(x, x2, PRE), 0.0)
     total = tl.sum(acc, axis=0)
@@ -122,7 +123,7 @@ def _pool(x: torch.Tensor, pre: int, force_int64: bool = False) -> torch.Tensor:
     torch._check(x.dim() == 4, lambda: f"x: expected 4 dims (B, C, H, W), got {x.dim()}")
     x, _ = _dense(x)
     n, c, h, w = x.shape
-    cu = c // 2 if pre == GATE else c
+    cu = c // 2 if pre >= GATE else c               # 3, 4: gates of the two halves
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     hw = h * w
     pix = min(_PIX, triton.next_power_of_2(hw))          # pixels per program (a power of two)
@@ -133,12 +134,13 @@ def _pool(x: torch.Tensor, pre: int, force_int64: bool = False) -> torch.Tensor:
     block_c = min(triton.next_power_of_2(cu), 64)
     block_p = min(pix, max(1, _TILE // block_c))
     index64 = bool(force_int64) or x.numel() + _TILE * 8 > _INT32_MAX
-    grid = (n_split, triton.cdiv(cu, block_c), n)
-    wrap_triton(_pool_kernel)[grid](
-        x, part, hw, cu, n_split, x.stride(0), x.stride(1), pixel_stride(x),
-        PRE=pre, BLOCK_P=block_p, BLOCK_C=block_c, PIX=pix, INDEX64=index64,
-        ACC_FP64=acc == torch.float64, num_warps=_NUM_WARPS,
-    )
+    with on_device(x):
+        for b0, b1 in batch_chunks(n):                 # images along grid z
+            wrap_triton(_pool_kernel)[(n_split, triton.cdiv(cu, block_c), b1 - b0)](
+                x[b0:b1], part[b0:b1], hw, cu, n_split, x.stride(0), x.stride(1), pixel_stride(x),
+                PRE=pre, BLOCK_P=block_p, BLOCK_C=block_c, PIX=pix, INDEX64=index64,
+                ACC_FP64=acc == torch.float64, num_warps=_NUM_WARPS,
+            )
     return part.sum(dim=1) / hw
 
 
@@ -157,14 +159,15 @@ def _scale(x: torch.Tensor, a: Optional[torch.Tensor], residual: Optional[torch.
     a = a.contiguous() if a is not None else y
     res = _dense(residual)[0] if residual is not None else y
     index64 = bool(force_int64) or max(x.numel(), res.numel()) + 8 * _BLOCK > _INT32_MAX
-    wrap_triton(_scale_kernel)[(triton.cdiv(total, _BLOCK),)](
-        x, a, res, y, total, cu, h * w,
-        x.stride(0), x.stride(1), pixel_stride(x), res.stride(0), res.stride(1), pixel_stride(res),
-        y.stride(0), y.stride(1), pixel_stride(y),
-        PRE=pre, HAS_SCALE=a is not y, HAS_RES=residual is not None, CHANNELS_LAST=fmt == torch.channels_last,
-        BLOCK=_BLOCK,
-        INDEX64=index64, ACC_FP64=x.dtype == torch.float64, num_warps=_NUM_WARPS,
-    )
+    with on_device(x):                                 # a 1-D grid: no chunks
+        wrap_triton(_scale_kernel)[(triton.cdiv(total, _BLOCK),)](
+            x, a, res, y, total, cu, h * w,
+            x.stride(0), x.stride(1), pixel_stride(x), res.stride(0), res.stride(1), pixel_stride(res),
+            y.stride(0), y.stride(1), pixel_stride(y),
+            PRE=pre, HAS_SCALE=a is not y, HAS_RES=residual is not None, CHANNELS_LAST=fmt == torch.channels_last,
+            BLOCK=_BLOCK,
+            INDEX64=index64, ACC_FP64=x.dtype == torch.float64, num_warps=_NUM_WARPS,
+        )
     return y
 
 

@@ -40,6 +40,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import memory_format_of
+from ._launch import on_device
 
 __all__ = ["haar_dwt2d", "haar_idwt2d", "DWT_OP", "IDWT_OP", "DWT_NAME", "IDWT_NAME"]
 
@@ -275,14 +276,15 @@ def _launch(kernel, full: torch.Tensor, sub: torch.Tensor, c, h, w, variant: int
     n_vec = (c if channels_last else w) // v
     grid = (triton.cdiv(n_groups, block // v),)
     index64 = bool(force_int64) or _use_int64(max(full.numel(), sub.numel()), block)
-    wrap_triton(kernel)[grid](
-        full, sub, n_groups, n_vec, c, h, w, c * sub.stride(1),
-        full.stride(0), full.stride(1), full.stride(2), full.stride(3),
-        sub.stride(0), sub.stride(1), sub.stride(2), sub.stride(3),
-        VARIANT=variant, CHANNELS_LAST=channels_last, V=v, BLOCK=block,
-        INDEX64=index64, ACC_FP64=full.dtype == torch.float64,
-        num_warps=_NUM_WARPS,
-    )
+    with on_device(full):                              # a 1-D grid: no chunks
+        wrap_triton(kernel)[grid](
+            full, sub, n_groups, n_vec, c, h, w, c * sub.stride(1),
+            full.stride(0), full.stride(1), full.stride(2), full.stride(3),
+            sub.stride(0), sub.stride(1), sub.stride(2), sub.stride(3),
+            VARIANT=variant, CHANNELS_LAST=channels_last, V=v, BLOCK=block,
+            INDEX64=index64, ACC_FP64=full.dtype == torch.float64,
+            num_warps=_NUM_WARPS,
+        )
 
 
 def _check_variant(variant: int) -> None:

@@ -26,6 +26,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import pixel_stride
+from ._launch import batch_chunks, on_device
 
 __all__ = ["gram", "GRAM_NAME", "register_autograd", "DTYPES"]
 
@@ -114,12 +115,15 @@ def _gram(qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor
     sq_part = torch.empty((bh, n_split, 2, d), dtype=torch.float32, device=qkv.device)
     last = (b - 1) * qkv.stride(0) + (c3 - 1) * qkv.stride(1) + (hw - 1 + pix) * pixel_stride(qkv)
     index64 = last > _INT32_MAX or bh * n_split * d * d > _INT32_MAX
-    wrap_triton(_gram_kernel)[(n_split, bh)](
-        qkv, g_part, sq_part, hw, d, c, num_heads, n_split, pix,
-        qkv.stride(0), qkv.stride(1), pixel_stride(qkv),
-        D_PAD=d_pad, BLOCK_P=block_p, INDEX64=index64, IEEE=qkv.dtype == torch.float32,
-        num_warps=_NUM_WARPS,
-    )
+    with on_device(qkv):
+        for b0, b1 in batch_chunks(b, num_heads):      # (image, head) pairs along grid y
+            h0, h1 = b0 * num_heads, b1 * num_heads
+            wrap_triton(_gram_kernel)[(n_split, h1 - h0)](
+                qkv[b0:b1], g_part[h0:h1], sq_part[h0:h1], hw, d, c, num_heads, n_split, pix,
+                qkv.stride(0), qkv.stride(1), pixel_stride(qkv),
+                D_PAD=d_pad, BLOCK_P=block_p, INDEX64=index64, IEEE=qkv.dtype == torch.float32,
+                num_warps=_NUM_WARPS,
+            )
     return g_part.sum(dim=1).reshape(b, num_heads, d, d), sq_part.sum(dim=1).reshape(b, num_heads, 2, d)
 
 

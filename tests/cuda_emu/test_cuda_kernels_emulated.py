@@ -40,8 +40,8 @@ _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloa
 
 P, I64, I32, F64, U64 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_double, ctypes.c_ulonglong
 _SIGNATURES = {
-    "fd_emu_block_match": [P, I64, I64, I64, I32, I32, I32, I32, P, P],
-    "fd_emu_nlm": [P, P, P, P, I64, I32, I64, I64, I32, I32],
+    "fd_emu_block_match": [P, I64, I64, I64, I32, I32, I32, I32, P, P, I64],
+    "fd_emu_nlm": [P, P, P, P, I64, I32, I64, I64, I32, I32, I64],
     "fd_emu_nlm_shared_bytes": [I32, I32, I32],
     "fd_emu_bm3d_filter": [P, P, P, P, P, P, P, P, F64, I64, I32, I64, I64, I64, I64, I32, P, P, P],
     "fd_emu_bm3d_shared_bytes": [I32, I32, I32],
@@ -108,7 +108,11 @@ def poisoned(shape, dtype):
     dict(shape=(1, 3, 23, 19), patch=5, search=11, k=9, stride=2, levels=None),
     dict(shape=(1, 1, 20, 26), patch=4, search=9, k=12, stride=3, levels=3),   # many equal distances
     dict(shape=(1, 1, 25, 30), patch=8, search=13, k=10, stride=3, levels=3),  # ties, patch-8 kernel
-], ids=["np-profile", "full-window", "rgb-small-window", "ties", "ties-patch8"])
+    # the grid's y limit lowered to 2 images: three launches, each writing its own images
+    dict(shape=(5, 1, 12, 14), patch=8, search=9, k=5, stride=3, levels=None, limit=2),
+    dict(shape=(3, 3, 11, 9), patch=5, search=7, k=4, stride=2, levels=None, limit=1),
+], ids=["np-profile", "full-window", "rgb-small-window", "ties", "ties-patch8", "batch-in-3-launches",
+        "batch-in-3-launches-any-patch"])
 def test_block_match_matches_cpu_kernel(emu, case, schedule):
     g = torch.Generator().manual_seed(11)
     x = torch.rand(case["shape"], generator=g)
@@ -121,7 +125,7 @@ def test_block_match_matches_cpu_kernel(emu, case, schedule):
     ny, nx = len(want.rows), len(want.cols)
     index, dist = poisoned((b, ny, nx, k), torch.int64), poisoned((b, ny, nx, k), torch.float32)
     run(emu, "fd_emu_block_match", ptr(guide), b, h, w, patch, search, k, stride, ptr(index), ptr(dist),
-        schedule=schedule)
+        case.get("limit", 65535), schedule=schedule)
     assert torch.equal(index, want.index)
     assert torch.equal(dist, want.distance)
     if case["levels"]:
@@ -138,7 +142,10 @@ def test_block_match_matches_cpu_kernel(emu, case, schedule):
     dict(shape=(1, 1, 17, 33), patch=5, search=9),      # grey, partial tiles both ways
     dict(shape=(1, 3, 9, 11), patch=7, search=35),      # margins reflect more than once; > 48 KiB shared
     dict(shape=(2, 2, 19, 35), patch=3, search=7),      # C = 2: the sums in shared memory, not registers
-], ids=["rgb-7-21", "grey-5-9", "wide-search", "two-channels"])
+    # the grid's y / z limit lowered to 2: 3 images x 3 row tiles of 16 in 2 x 2 launches
+    dict(shape=(3, 1, 40, 20), patch=3, search=5, limit=2),
+    dict(shape=(3, 3, 35, 9), patch=5, search=5, limit=1),       # one image, one row tile per launch
+], ids=["rgb-7-21", "grey-5-9", "wide-search", "two-channels", "launches-of-2", "launches-of-1"])
 def test_nlm_matches_reference(emu, case, schedule):
     g = torch.Generator().manual_seed(5)
     x = torch.rand(case["shape"], generator=g)
@@ -148,7 +155,8 @@ def test_nlm_matches_reference(emu, case, schedule):
     patch, search = case["patch"], case["search"]
     want = nlm_ops.nlm_reference(x, sigma, hh, patch, search)
     out = poisoned(x.shape, torch.float32)
-    run(emu, "fd_emu_nlm", ptr(x), ptr(sigma), ptr(hh), ptr(out), b, c, h, w, patch, search, schedule=schedule)
+    run(emu, "fd_emu_nlm", ptr(x), ptr(sigma), ptr(hh), ptr(out), b, c, h, w, patch, search,
+        case.get("limit", 65535), schedule=schedule)
     if case["search"] == 35:
         assert emu.fd_emu_nlm_shared_bytes(c, patch, search) > 48 * 1024  # the opt-in path ran
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)

@@ -76,6 +76,25 @@ def test_width_one_with_any_last_stride(layout):
                                    A.simplified_channel_attention_reference(x, w, b, gate), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_every_pre_op_of_both_kernels(layout):
+    """The pooling and the scaling kernel apply the same pre-op (0 none, 1 ReLU, 2 GELU, 3 the
+    SimpleGate, 4 the GELU gate, both gates over the two channel halves)."""
+    from fastdenoise.triton import attention as ta
+    x = torch.randn(2, 6, 9, 7, device=DEVICE)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    xd = x.double()
+    g1, g2 = xd.chunk(2, dim=1)
+    want = {0: xd, 1: torch.relu(xd), 2: torch.nn.functional.gelu(xd), 3: g1 * g2,
+            4: torch.nn.functional.gelu(g1) * g2}
+    for pre, u in want.items():
+        torch.testing.assert_close(ta._pool(x, pre).double(), u.mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
+        a = torch.rand(2, u.shape[1], device=DEVICE)
+        torch.testing.assert_close(ta._scale(x, a, None, pre).double(), u * a.double()[:, :, None, None],
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_pooling_over_several_programs_is_deterministic():
     """More than one pixel range per image (4096 pixels each): partial sums added in a fixed order."""
     from fastdenoise.triton import attention as ta

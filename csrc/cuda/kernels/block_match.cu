@@ -18,6 +18,8 @@
 // (no FMA contraction), so both backends give bitwise the same distances and matches.
 #include "block_match.cuh"
 
+#include <algorithm>
+
 #include <cfloat>
 #include <climits>
 
@@ -193,23 +195,30 @@ block_match_kernel(const float* __restrict__ guide, int64_t H, int64_t W, int pa
 
 cudaError_t launch_block_match(const float* guide, int64_t batch, int64_t H, int64_t W, int patch,
                                int search, int k, int stride, int64_t* index, float* dist,
-                               cudaStream_t stream) {
+                               cudaStream_t stream, int64_t max_grid_yz) {
   if (search < 1 || search % 2 == 0 || search > kBlockMatchMaxSearch || patch < 1 || stride < 1 ||
       k < 1 || H < patch || W < patch || H * W >= (int64_t(1) << 31))
     return cudaErrorInvalidValue;
   const int64_t ny = bm_grid_count(H, patch, stride), nx = bm_grid_count(W, patch, stride);
   if (batch == 0) return cudaSuccess;
-  if (ny * nx > INT_MAX || batch > 65535) return cudaErrorInvalidValue;
+  if (ny * nx > INT_MAX || max_grid_yz < 1 || max_grid_yz > 65535) return cudaErrorInvalidValue;
   const size_t smem = static_cast<size_t>(search) * search * (sizeof(float) + sizeof(int));
-  const dim3 grid(static_cast<unsigned>(ny * nx), static_cast<unsigned>(batch));
-  if (patch == kFixedPatch) {
-    block_match_kernel<kFixedPatch><<<grid, kThreads, smem, stream>>>(guide, H, W, patch, search / 2, k, stride,
-                                                                      ny, nx, index, dist);
-  } else {
-    block_match_kernel<0><<<grid, kThreads, smem, stream>>>(guide, H, W, patch, search / 2, k, stride, ny, nx,
-                                                            index, dist);
+  const int64_t per_image = ny * nx * k;
+  for (int64_t b0 = 0; b0 < batch; b0 += max_grid_yz) {  // images along grid y; the indices are per image
+    const dim3 grid(static_cast<unsigned>(ny * nx), static_cast<unsigned>(std::min(max_grid_yz, batch - b0)));
+    const float* g = guide + b0 * H * W;
+    int64_t* ix = index + b0 * per_image;
+    float* ds = dist + b0 * per_image;
+    if (patch == kFixedPatch) {
+      block_match_kernel<kFixedPatch><<<grid, kThreads, smem, stream>>>(g, H, W, patch, search / 2, k, stride, ny,
+                                                                        nx, ix, ds);
+    } else {
+      block_match_kernel<0><<<grid, kThreads, smem, stream>>>(g, H, W, patch, search / 2, k, stride, ny, nx, ix, ds);
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
   }
-  return cudaGetLastError();
+  return cudaSuccess;
 }
 
 }  // namespace cuda

@@ -16,6 +16,8 @@
 // kernel with the sums in shared memory.
 #include "nlm.cuh"
 
+#include <algorithm>
+
 #include "fastdenoise/nlm.h"
 
 namespace fastdenoise {
@@ -39,10 +41,10 @@ struct Taps {
 template <int CC>
 __global__ void __launch_bounds__(kThreads)
 nlm_kernel(const float* __restrict__ x, const float* __restrict__ sigma, const float* __restrict__ hh,
-           float* __restrict__ out, int64_t H, int64_t W, int C, int P, int R, Taps taps) {
+           float* __restrict__ out, int64_t H, int64_t W, int C, int P, int R, int64_t tile_y0, Taps taps) {
   extern __shared__ float smem[];
-  const int b = blockIdx.z;
-  const int64_t y0 = static_cast<int64_t>(blockIdx.y) * TH, x0 = static_cast<int64_t>(blockIdx.x) * TW;
+  const int b = blockIdx.z;  // within this launch's images (the pointers start at its first)
+  const int64_t y0 = (tile_y0 + blockIdx.y) * TH, x0 = static_cast<int64_t>(blockIdx.x) * TW;
   const int pad = P + R;
   const int TAH = TH + 2 * pad, TAW = TW + 2 * pad;  // image tile with margins
   const int DH = TH + 2 * P, DW = TW + 2 * P;          // squared differences
@@ -159,9 +161,10 @@ size_t nlm_shared_bytes(int channels, int patch, int search) {
 }
 
 cudaError_t launch_nlm(const float* x, const float* sigma, const float* h, float* out, int64_t batch,
-                       int channels, int64_t H, int64_t W, int patch, int search, cudaStream_t stream) {
+                       int channels, int64_t H, int64_t W, int patch, int search, cudaStream_t stream,
+                       int64_t max_grid_yz) {
   if (patch < 1 || patch % 2 == 0 || patch > kNlmMaxPatch || search < 1 || search % 2 == 0 ||
-      channels < 1 || batch > 65535)
+      channels < 1 || max_grid_yz < 1 || max_grid_yz > 65535)
     return cudaErrorInvalidValue;
   if (batch == 0 || H == 0 || W == 0) return cudaSuccess;
   const int cc = nlm_register_channels(channels);
@@ -172,12 +175,21 @@ cudaError_t launch_nlm(const float* x, const float* sigma, const float* h, float
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  const dim3 grid(static_cast<unsigned>((W + TW - 1) / TW), static_cast<unsigned>((H + TH - 1) / TH),
-                  static_cast<unsigned>(batch));
   Taps taps;
   nlm_patch_taps(patch, taps.g);
-  kernel<<<grid, kThreads, smem, stream>>>(x, sigma, h, out, H, W, channels, patch / 2, search / 2, taps);
-  return cudaGetLastError();
+  const int64_t tiles_y = (H + TH - 1) / TH, image = static_cast<int64_t>(channels) * H * W;
+  for (int64_t b0 = 0; b0 < batch; b0 += max_grid_yz) {            // images along grid z
+    const int64_t nb = std::min(max_grid_yz, batch - b0);
+    for (int64_t t0 = 0; t0 < tiles_y; t0 += max_grid_yz) {        // row tiles along grid y
+      const dim3 grid(static_cast<unsigned>((W + TW - 1) / TW),
+                      static_cast<unsigned>(std::min(max_grid_yz, tiles_y - t0)), static_cast<unsigned>(nb));
+      kernel<<<grid, kThreads, smem, stream>>>(x + b0 * image, sigma + b0, h + b0, out + b0 * image, H, W, channels,
+                                               patch / 2, search / 2, t0, taps);
+      const cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
+  }
+  return cudaSuccess;
 }
 
 }  // namespace cuda

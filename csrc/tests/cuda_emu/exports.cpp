@@ -34,15 +34,17 @@ int overlap_add_tiles(const Tile* tiles, const long long* pos, long long N, long
 
 extern "C" {
 
+// max_grid_yz: the grid y / z limit the launchers split the work by (CUDA's 65535, lowered by
+// tests so that a small batch or image takes several launches)
 int fd_emu_block_match(const float* guide, long long batch, long long H, long long W, int patch, int search, int k,
-                       int stride, long long* index, float* dist) {
+                       int stride, long long* index, float* dist, long long max_grid_yz) {
   return cuda::launch_block_match(guide, batch, H, W, patch, search, k, stride, reinterpret_cast<int64_t*>(index),
-                                  dist, nullptr);
+                                  dist, nullptr, max_grid_yz);
 }
 
 int fd_emu_nlm(const float* x, const float* sigma, const float* h, float* out, long long batch, int channels,
-               long long H, long long W, int patch, int search) {
-  return cuda::launch_nlm(x, sigma, h, out, batch, channels, H, W, patch, search, nullptr);
+               long long H, long long W, int patch, int search, long long max_grid_yz) {
+  return cuda::launch_nlm(x, sigma, h, out, batch, channels, H, W, patch, search, nullptr, max_grid_yz);
 }
 
 unsigned long long fd_emu_nlm_shared_bytes(int channels, int patch, int search) {
