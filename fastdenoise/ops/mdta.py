@@ -58,7 +58,7 @@ def _check(qkv, temperature, num_heads, weight, bias, residual=None):
     c = c3 // 3
     if not isinstance(temperature, torch.Tensor):
         raise TypeError(f"temperature: expected a torch.Tensor, got {type(temperature).__name__}")
-    if temperature.numel() != num_heads or temperature.dim() not in (1, 3):
+    if tuple(temperature.shape) not in ((num_heads, 1, 1), (num_heads,)):
         raise ShapeError(f"temperature: expected shape ({num_heads}, 1, 1) or ({num_heads},), "
                          f"got {list(temperature.shape)}")
     if temperature.dtype not in FLOAT_DTYPES:

@@ -19,6 +19,8 @@ C++ kernel (CPU tensors) does the same per block of pixels, in cache.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -55,8 +57,10 @@ def _check(x, weight, bias, eps, bias_free) -> None:
         check_same_device(name, p, "x", x)
     if bias_free and bias is not None:
         raise ValueError("bias: expected None with bias_free=True (Restormer's BiasFree LayerNorm has no bias)")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps: expected a positive number, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps: expected a real number, got {type(eps).__name__} {eps!r}")
+    if not 0 < float(eps) < math.inf:
+        raise ValueError(f"eps: expected a finite positive number, got {eps!r}")
 
 
 def layer_norm2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -99,7 +103,7 @@ def layer_norm2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         return torch.ops.fastdenoise.layer_norm2d(x.contiguous(memory_format=memory_format_of(x)),
                                                   weight.reshape(-1), None if bias is None else bias.reshape(-1),
                                                   float(eps), bool(bias_free))
-    return layer_norm2d_reference(x, weight, bias, eps, bias_free)
+    return layer_norm2d_reference(x, weight, bias, float(eps), bias_free)
 
 
 def _fake_layer_norm2d(x, weight, bias, eps, bias_free):

@@ -141,6 +141,10 @@ def test_bad_input():
         transposed_attention(qkv, torch.ones(3, 1, 1), 3)
     with pytest.raises(ShapeError, match=r"temperature: expected shape \(2, 1, 1\) or \(2,\), got \[3, 1, 1\]"):
         transposed_attention(qkv, torch.ones(3, 1, 1), 2)
+    for shape in [(1, 2, 1), (1, 1, 2), (2, 1), (1, 2)]:      # two values, not one per head
+        with pytest.raises(ShapeError, match=rf"temperature: expected shape \(2, 1, 1\) or \(2,\), "
+                                             rf"got \[{', '.join(map(str, shape))}\]"):
+            transposed_attention(qkv, torch.ones(shape), 2)
     with pytest.raises(ValueError, match="num_heads: expected a positive int, got 0"):
         transposed_attention(qkv, t, 0)
     with pytest.raises(ShapeError, match=r"weight: expected project_out's weight of shape \(4, 4\)"):

@@ -5,6 +5,7 @@ The Triton kernels are tested against these references in tests/triton."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,13 @@ def test_layer_norm_is_differentiable_and_keeps_inputs():
     (dict(bias=torch.randn(1, 5, 2, 1)), errors.ShapeError, "bias: expected shape"),
     (dict(weight=[1.0] * 5), TypeError, "weight: expected a torch.Tensor"),
     (dict(bias_free=True), ValueError, "bias: expected None with bias_free=True"),
-    (dict(eps=0.0), ValueError, "eps: expected a positive number"),
+    (dict(eps=0.0), ValueError, r"^eps: expected a finite positive number, got 0.0$"),
+    (dict(eps=-1e-6), ValueError, r"^eps: expected a finite positive number, got -1e-06$"),
+    (dict(eps=float("inf")), ValueError, r"^eps: expected a finite positive number, got inf$"),
+    (dict(eps=float("nan")), ValueError, r"^eps: expected a finite positive number, got nan$"),
+    (dict(eps=True), TypeError, r"^eps: expected a real number, got bool True$"),
+    (dict(eps="1e-6"), TypeError, r"^eps: expected a real number, got str '1e-6'$"),
+    (dict(eps=torch.tensor(1e-6)), TypeError, r"^eps: expected a real number, got Tensor"),
     (dict(backend="cuda"), errors.DeviceError, "backend='cuda': expected a tensor on cuda"),
 ])
 def test_layer_norm_bad_input(kwargs, err, words):
@@ -99,6 +106,17 @@ def test_layer_norm_bad_input(kwargs, err, words):
     args.update(kwargs)
     with pytest.raises(err, match=words):
         layer_norm2d(**args)
+
+
+@pytest.mark.parametrize("eps", [np.float32(1e-3), np.float64(1e-3), 1])
+def test_layer_norm_takes_any_real_eps(eps):
+    """NumPy scalars and ints (a config file's eps) are eps like the float they equal."""
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(2, 5, 3, 4, generator=g), torch.randn(5, generator=g), torch.randn(5, generator=g)
+    want = layer_norm2d_reference(x, w, b, float(eps))
+    assert torch.equal(layer_norm2d(x, w, b, eps, backend="reference"), want)
+    torch.testing.assert_close(layer_norm2d(x, w, b, eps), want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(want, layer_norm2d_reference(x, w, b, 1e-6))   # eps matters at this size
 
 
 # ------------------------------------------------------------------ the C++ CPU kernel
