@@ -57,7 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_tensor, memory_format_of
+from ._checks import FLOAT_DTYPES, check_tensor, memory_format_of
+from .errors import DTypeError, ShapeError
 from .ops.overlap_add import overlap_add, overlap_normalize
 
 __all__ = ["tiled", "TiledModel", "BLENDS", "model_multiple", "default_overlap", "tile_starts", "axis_windows"]
@@ -227,8 +228,9 @@ class TiledModel(nn.Module):
     def _call(self, t: torch.Tensor, args) -> torch.Tensor:
         fn = self.model if "model" in self._modules else self._fn
         y = fn(t, *args)
-        if isinstance(y, (list, tuple)):
+        if isinstance(y, (list, tuple)) and y:
             y = y[0]
+        _check_output(y, t)
         return y
 
     def _model_where(self, x: torch.Tensor) -> Tuple[torch.device, torch.dtype]:
@@ -354,6 +356,20 @@ class _Streams:
             self.done.record(self.d2h)
         return _Pending(host, self.done)
 
+
+
+def _check_output(y, t: torch.Tensor) -> None:
+    """The model's output for the tile batch ``t`` (N, C, th, tw) must be a float (N, C', th, tw)
+    tensor: tiles are stitched pixel for pixel, so the model must keep the spatial size."""
+    n, _, th, tw = t.shape
+    want = f"a float (N, C, th, tw) = ({n}, C, {th}, {tw}) tensor for the tile batch {list(t.shape)}"
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"model: expected {want}, got {type(y).__name__}")
+    if y.dim() != 4 or y.shape[0] != n or tuple(y.shape[2:]) != (th, tw):
+        raise ShapeError(f"model: expected {want}, got shape {list(y.shape)} (tiled() needs a model whose "
+                         f"output has its input's batch, height and width)")
+    if y.dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"model: expected {want}, got dtype {str(y.dtype).replace('torch.', '')}")
 
 
 def _per_tile(a, images: List[int], b: int, dev: torch.device):

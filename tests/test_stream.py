@@ -105,7 +105,8 @@ def test_list_output_models_and_nafnet():
     model = NAFNet(img_channel=3, width=4, enc_blk_nums=[1], dec_blk_nums=[1]).eval()
     frame = (np.random.default_rng(1).random((9, 14, 3)) * 255).astype(np.uint8)
     out = StreamDenoiser(lambda x: [model(x)], (9, 14, 3), torch.float32)(frame)
-    assert out.shape == frame.shape
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    assert np.array_equal(out, StreamDenoiser(model, (9, 14, 3), torch.float32)(frame))
 
 
 def test_bad_input():

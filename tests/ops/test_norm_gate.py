@@ -71,8 +71,10 @@ def test_layer_norm_memory_formats_and_4d_parameters():
     cl = layer_norm2d(x.contiguous(memory_format=torch.channels_last), w.view(1, 12, 1, 1), b.view(1, 12, 1, 1))
     assert cl.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(cl, base, rtol=1e-5, atol=1e-6)   # other reduction order over C
-    strided = layer_norm2d(torch.randn(2, 12, 5, 14)[..., ::2], w, b)
+    view = torch.randn(2, 12, 5, 14)[..., ::2]                   # neither layout: read as it is
+    strided = layer_norm2d(view, w, b)
     assert strided.shape == (2, 12, 5, 7)
+    torch.testing.assert_close(strided, layer_norm2d(view.contiguous(), w, b), rtol=0, atol=0)
 
 
 def test_layer_norm_is_differentiable_and_keeps_inputs():
