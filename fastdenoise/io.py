@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import _png, _tiff
-from .errors import ImageFormatError
+from .errors import ImageFormatError, ShapeError
 
 __all__ = ["read_image", "read_pixels", "write_image", "to_float", "quantize", "IMAGE_EXTENSIONS",
            "SIXTEEN_BIT_EXTENSIONS"]
@@ -86,7 +86,16 @@ def read_image(path: PathLike, *, mode: Optional[str] = None, as_tensor: bool = 
 
 def to_float(pixels: np.ndarray, *, as_tensor: bool = False):
     """uint8 / uint16 (H, W, C) samples -> float32 in [0, 1] (divided by 255 or 65535 in float64,
-    then rounded to float32), as (H, W, C) numpy or a (1, C, H, W) tensor."""
+    then rounded to float32), as (H, W, C) numpy or a (1, C, H, W) tensor. (H, W) samples are
+    taken as (H, W, 1)."""
+    if not isinstance(pixels, np.ndarray):
+        raise TypeError(f"pixels: expected a numpy array of uint8 or uint16 samples, got {type(pixels).__name__}")
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"pixels: expected uint8 or uint16 samples (as read_pixels gives them), got {pixels.dtype}")
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3:
+        raise ShapeError(f"pixels: expected (H, W, C) or (H, W) samples, got shape {list(pixels.shape)}")
     arr = np.float32(pixels / float(np.iinfo(pixels.dtype).max))
     if as_tensor:
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
@@ -164,6 +173,8 @@ def _as_hwc(img) -> np.ndarray:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3):
         raise ValueError(f"img: expected (H, W), (H, W, 1) or (H, W, 3), got {list(arr.shape)}")
+    if arr.size == 0:
+        raise ShapeError(f"img: expected a non-empty image, got (H, W, C) = {list(arr.shape)}")
     return arr
 
 
@@ -199,10 +210,13 @@ def write_image(path: PathLike, img, *, bits: Optional[int] = None, quality: int
     ``img``: numpy (H, W) or (H, W, C), or a tensor (C, H, W) or (1, C, H, W), with C = 1 or 3;
     float values in [0, 1] (clamped, scaled and rounded), uint8 or uint16.
     ``bits``: 8 or 16 bits per sample; None: 16 for uint16 input, else 8. 16 bits need a PNG or
-    TIFF file (``.png``, ``.tif``, ``.tiff``; ValueError otherwise). ``quality``: JPEG quality
-    (1 to 95; chroma is not subsampled). 8-bit files are written by Pillow (any extension it
-    knows), 16-bit ones by fastdenoise's codecs (a zlib-compressed PNG, or an uncompressed TIFF).
+    TIFF file (``.png``, ``.tif``, ``.tiff``; ValueError otherwise). ``quality``: JPEG quality,
+    an int from 1 to 100 (Pillow advises at most 95; chroma is not subsampled). 8-bit files are
+    written by Pillow (any extension it can write; ValueError naming the extension otherwise),
+    16-bit ones by fastdenoise's codecs (a zlib-compressed PNG, or an uncompressed TIFF).
     """
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise ValueError(f"quality: expected an int from 1 to 100 (JPEG quality), got {quality!r}")
     arr = _as_hwc(img)
     if bits is None:
         bits = 16 if arr.dtype == np.uint16 else 8
@@ -210,6 +224,12 @@ def write_image(path: PathLike, img, *, bits: Optional[int] = None, quality: int
     if bits == 16 and ext not in SIXTEEN_BIT_EXTENSIONS:
         raise ValueError(f"bits: 16-bit samples need a {', '.join(SIXTEEN_BIT_EXTENSIONS)} file, "
                          f"got {ext or 'no extension'!r}")
+    if bits == 8:
+        Image = _pil()
+        Image.init()
+        if Image.registered_extensions().get(ext) not in Image.SAVE:
+            raise ValueError(f"path: expected a file extension Pillow can write (.png, .jpg, .tif, ...), "
+                             f"got {ext or 'no extension'!r} in {os.fspath(path)!r}")
     arr = quantize(arr, bits)
     if bits == 16:
         data = _png.encode(arr) if ext == ".png" else _tiff.encode(arr)
@@ -219,6 +239,6 @@ def write_image(path: PathLike, img, *, bits: Optional[int] = None, quality: int
     Image = _pil()
     im = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))
     if ext in (".jpg", ".jpeg"):
-        im.save(path, quality=quality, subsampling=0)
+        im.save(path, quality=int(quality), subsampling=0)
     else:
         im.save(path)

@@ -9,6 +9,7 @@ The float-image behaviour of read_image / write_image is in tests/test_metrics_i
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 
@@ -19,8 +20,8 @@ import torch
 from PIL import Image
 
 from fastdenoise import _png, _tiff
-from fastdenoise.errors import ImageFormatError
-from fastdenoise.io import quantize, read_image, read_pixels, write_image
+from fastdenoise.errors import ImageFormatError, ShapeError
+from fastdenoise.io import quantize, read_image, read_pixels, to_float, write_image
 
 
 @pytest.fixture
@@ -168,7 +169,60 @@ def test_write_rejects_lossy_or_bad_values(tmp_path, rng):
         write_image(tmp_path / "a.png", np.full((4, 4), np.nan, np.float32))
     with pytest.raises(ValueError, match="bits: expected 8 or 16"):
         write_image(tmp_path / "a.png", np.zeros((4, 4), np.float32), bits=12)
+    with pytest.raises(ShapeError, match=r"^img: expected a non-empty image, got \(H, W, C\) = \[0, 4, 3\]$"):
+        write_image(tmp_path / "a.png", np.zeros((0, 4, 3), np.float32))
     assert not (tmp_path / "a.png").exists()
+
+
+@pytest.mark.parametrize("quality", [0, 101, -5, 95.5, "high", True, None])
+def test_write_rejects_a_bad_quality_before_writing(tmp_path, quality):
+    with pytest.raises(ValueError, match=rf"^quality: expected an int from 1 to 100 \(JPEG quality\), "
+                                         rf"got {re.escape(repr(quality))}$"):
+        write_image(tmp_path / "a.jpg", np.zeros((4, 4), np.float32), quality=quality)
+    assert not (tmp_path / "a.jpg").exists()
+
+
+def test_jpeg_quality_is_used(tmp_path, rng):
+    img = _rand(rng, (32, 32, 3), np.uint8)
+    sizes = {}
+    for q in (1, np.int64(50), 100):
+        write_image(tmp_path / f"q{q}.jpg", img, quality=q)
+        sizes[int(q)] = (tmp_path / f"q{q}.jpg").stat().st_size
+    assert sizes[1] < sizes[50] < sizes[100]
+
+
+@pytest.mark.parametrize("name", ["a.xyz", "noext", "a."])
+def test_write_names_an_extension_pillow_cannot_write(tmp_path, name):
+    ext = {"a.xyz": "'.xyz'", "noext": "'no extension'", "a.": "'.'"}[name]
+    with pytest.raises(ValueError, match=rf"^path: expected a file extension Pillow can write \(.png, .jpg, "
+                                         rf"\.tif, \.\.\.\), got {re.escape(ext)} in "):
+        write_image(tmp_path / name, np.zeros((4, 4), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ext", [".bmp", ".PNG", ".gif", ".webp"])
+def test_write_any_extension_pillow_writes(tmp_path, ext):
+    img = np.uint8(np.arange(48).reshape(4, 4, 3))
+    write_image(tmp_path / f"a{ext}", img)
+    with Image.open(tmp_path / f"a{ext}") as im:
+        assert im.size == (4, 4)
+
+
+def test_to_float_checks_its_samples():
+    with pytest.raises(TypeError, match=r"^pixels: expected a numpy array of uint8 or uint16 samples, got list$"):
+        to_float([[1]])
+    for dtype in (np.float32, np.int32, np.bool_):
+        with pytest.raises(TypeError, match=r"^pixels: expected uint8 or uint16 samples \(as read_pixels gives "
+                                            rf"them\), got {np.dtype(dtype)}$"):
+            to_float(np.zeros((2, 2, 1), dtype))
+    with pytest.raises(ShapeError, match=r"^pixels: expected \(H, W, C\) or \(H, W\) samples, got shape "
+                                         r"\[1, 2, 2, 1\]$"):
+        to_float(np.zeros((1, 2, 2, 1), np.uint8))
+    grey = np.array([[0, 255], [51, 102]], np.uint8)
+    t = to_float(grey, as_tensor=True)
+    assert t.shape == (1, 1, 2, 2) and torch.equal(t[0, 0], torch.tensor([[0.0, 1.0], [0.2, 0.4]]))
+    assert np.array_equal(to_float(grey)[:, :, 0], np.float32(grey / 255.0))
+    assert np.array_equal(to_float(np.array([[65535]], np.uint16)), np.ones((1, 1, 1), np.float32))
 
 
 def test_modes_on_16_bit_files(tmp_path, rng):
