@@ -41,10 +41,14 @@ from .. import _dispatch
 from .._checks import FLOAT_DTYPES, check_same_device, check_tensor, memory_format_of
 from ..errors import DTypeError, ShapeError
 
-__all__ = ["transposed_attention", "transposed_attention_reference", "NORM_EPS"]
+__all__ = ["transposed_attention", "transposed_attention_reference", "NORM_EPS", "TRITON_MAX_HEAD_DIM"]
 
 #: the eps of F.normalize, which the official uses for q and k
 NORM_EPS = 1e-12
+#: Most channels per head the Triton Gram kernel takes: its program holds a d x d float32
+#: accumulator (padded to a power of two) in registers, 128 x 128 for the official d = 96.
+#: Above it the default dispatch runs the reference and ``backend="triton"`` raises.
+TRITON_MAX_HEAD_DIM = 128
 
 
 def _check(qkv, temperature, num_heads, weight, bias, residual=None):
@@ -198,6 +202,11 @@ def transposed_attention(qkv: torch.Tensor, temperature: torch.Tensor, num_heads
     Differentiable."""
     c, w = _check(qkv, temperature, num_heads, weight, bias, residual)
     be = _dispatch.resolve("transposed_attention", qkv, backend)
+    if be == "triton" and c // num_heads > TRITON_MAX_HEAD_DIM:
+        if (backend or _dispatch.default_backend()) == "triton":
+            raise ShapeError(f"qkv: backend='triton' takes at most {TRITON_MAX_HEAD_DIM} channels per head, "
+                             f"got C / num_heads = {c} / {num_heads} = {c // num_heads}")
+        be = "reference"
     if be == "triton" and qkv.dtype == torch.float64:
         if (backend or _dispatch.default_backend()) == "triton":
             raise DTypeError("qkv: the Triton kernel takes float16, bfloat16 or float32, got float64")

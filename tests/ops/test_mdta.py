@@ -157,3 +157,20 @@ def test_bad_input():
         transposed_attention(qkv.to(torch.int32), t, 2)
     with pytest.raises(TypeError, match="temperature: expected a torch.Tensor, got float"):
         transposed_attention(qkv, 1.0, 2)
+
+
+def test_head_dim_above_the_triton_kernels_limit(monkeypatch):
+    """d > TRITON_MAX_HEAD_DIM: backend='triton' is refused before any kernel; the default
+    dispatch, where it would pick Triton (CUDA tensors), runs the reference instead."""
+    from fastdenoise.ops import mdta as mdta_ops
+    d = mdta_ops.TRITON_MAX_HEAD_DIM + 2
+    g = torch.Generator().manual_seed(4)
+    qkv, t = torch.randn(1, 3 * 2 * d, 3, 2, generator=g), torch.rand(2, 1, 1, generator=g) + 0.5
+    # as on a CUDA tensor: the dispatch picks Triton (the kernel itself must not be reached)
+    monkeypatch.setattr(mdta_ops._dispatch, "resolve", lambda *a, **k: "triton")
+    monkeypatch.setattr(mdta_ops, "_triton", lambda: (_ for _ in ()).throw(AssertionError("Triton was called")))
+    with pytest.raises(ShapeError, match=rf"^qkv: backend='triton' takes at most 128 channels per head, "
+                                         rf"got C / num_heads = {2 * d} / 2 = {d}$"):
+        transposed_attention(qkv, t, 2, backend="triton")
+    got = transposed_attention(qkv, t, 2)
+    assert torch.equal(got, mdta_ops.transposed_attention_reference(qkv, t, 2))
