@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -118,17 +119,28 @@ def _bior15_cached(n: int) -> torch.Tensor:
     return m / m.norm(dim=1, keepdim=True)
 
 
+def _block_size(name: str, n, *, power_of_two: bool = False) -> int:
+    """``n`` as an int >= 1 (a power of two with ``power_of_two``); ValueError / TypeError naming it."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(n).__name__} {n!r}")
+    if n < 1 or (power_of_two and n & (n - 1)):
+        what = "a power of two (the wavelet halves the block at each level)" if power_of_two else "an int >= 1"
+        raise ValueError(f"{name}: expected {what}, got {n}")
+    return int(n)
+
+
 def bior15_matrix(n: int = BLOCK, dtype=torch.float64) -> torch.Tensor:
     """BM3D's 2-D transform of the hard-thresholding stage, as an n x n matrix T applied as
     ``T Z T^T``: the full periodic bior1.5 wavelet decomposition (the same coefficients as
     ``pywt.wavedec(z, "bior1.5", mode="periodization")`` concatenated), each row scaled to
-    unit norm. It is not orthogonal: invert with ``torch.linalg.inv``."""
-    return _bior15_cached(n).to(dtype)
+    unit norm. It is not orthogonal: invert with ``torch.linalg.inv``. ``n``: a power of two."""
+    return _bior15_cached(_block_size("n", n, power_of_two=True)).to(dtype)
 
 
 def dct_matrix(n: int = BLOCK, dtype=torch.float64) -> torch.Tensor:
     """The orthonormal DCT-II matrix (BM3D's 2-D transform of the Wiener stage):
     ``D[k, i] = s_k cos(pi (2 i + 1) k / (2 n))``, ``s_0 = sqrt(1 / n)``, else ``sqrt(2 / n)``."""
+    n = _block_size("n", n)
     k = torch.arange(n, dtype=torch.float64).view(-1, 1)
     i = torch.arange(n, dtype=torch.float64).view(1, -1)
     d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
@@ -139,7 +151,10 @@ def dct_matrix(n: int = BLOCK, dtype=torch.float64) -> torch.Tensor:
 def kaiser_window2d(n: int = BLOCK, beta: float = 2.0, dtype=torch.float64) -> torch.Tensor:
     """The n x n aggregation window: the outer product of the symmetric Kaiser window
     ``I0(beta sqrt(1 - (2 i / (n - 1) - 1)^2)) / I0(beta)`` with itself."""
-    k = torch.kaiser_window(n, periodic=False, beta=beta, dtype=torch.float64)
+    n = _block_size("n", n)
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= float(beta) < math.inf:
+        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
+    k = torch.kaiser_window(n, periodic=False, beta=float(beta), dtype=torch.float64)
     return torch.outer(k, k).to(dtype)
 
 
@@ -167,7 +182,8 @@ def group_sizes(distance: torch.Tensor, tau, k: Optional[int] = None) -> torch.T
     above the number of matches with distance < ``tau`` (at least 1, at most ``k``, default K),
     as int64 (B, ny, nx). ``tau``: a number, or a tensor broadcasting against ``distance``
     (e.g. (B, 1, 1, 1) for one threshold per image)."""
-    k = distance.shape[-1] if k is None else min(k, distance.shape[-1])
+    check_tensor("distance", distance, layout="(B, ny, nx, K)")
+    k = distance.shape[-1] if k is None else min(_block_size("k", k), distance.shape[-1])
     count = (distance < tau).sum(dim=-1)
     size = torch.ones_like(count)
     p = 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,6 +125,42 @@ def test_group_sizes():
     assert B.group_sizes(d, 0.0).item() == 1          # the reference block always counts
     per_image = B.group_sizes(torch.cat([d, d]), torch.tensor([0.15, 0.75]).view(2, 1, 1, 1))
     assert per_image.flatten().tolist() == [2, 8]
+    assert B.group_sizes(d, 10.0, k=1).item() == 1 and B.group_sizes(d, 10.0, k=40).item() == 8
+
+
+def test_building_blocks_check_their_sizes():
+    """A size the transforms cannot have is an error naming it (bior1.5 at n = 6 used to return
+    a 5 x 6 matrix; n = 0 failed inside torch)."""
+    for f in (B.bior15_matrix, B.dct_matrix, B.kaiser_window2d):
+        for n in (0, -8):
+            with pytest.raises(ValueError, match=rf"^n: expected .*, got {n}$"):
+                f(n)
+        for n in (8.0, True, "8"):
+            with pytest.raises(TypeError, match=rf"^n: expected an int, got {type(n).__name__} "):
+                f(n)
+    for n in (3, 6, 12):
+        with pytest.raises(ValueError, match=rf"^n: expected a power of two \(the wavelet halves the block at "
+                                             rf"each level\), got {n}$"):
+            B.bior15_matrix(n)
+    for n in (1, 2, 4, 16):                             # square, and inverted by the inverse
+        t = B.bior15_matrix(n)
+        assert t.shape == (n, n)
+        torch.testing.assert_close(torch.linalg.inv(t) @ t, torch.eye(n, dtype=t.dtype), rtol=0, atol=1e-12)
+    for n in (1, 3, 6):
+        d = B.dct_matrix(n)
+        torch.testing.assert_close(d @ d.T, torch.eye(n, dtype=d.dtype), rtol=0, atol=1e-12)
+    assert torch.equal(B.kaiser_window2d(np.int64(8), np.float32(2.0)), B.kaiser_window2d(8, 2.0))
+    for beta in (-1.0, float("inf"), float("nan"), "2"):
+        with pytest.raises(ValueError, match=r"^beta: expected a finite number >= 0, got "):
+            B.kaiser_window2d(8, beta)
+    d = torch.rand(1, 2, 2, 16)
+    for k in (0, -1):
+        with pytest.raises(ValueError, match=rf"^k: expected an int >= 1, got {k}$"):
+            B.group_sizes(d, 0.5, k)
+    with pytest.raises(TypeError, match=r"^k: expected an int, got float 2.5$"):
+        B.group_sizes(d, 0.5, 2.5)
+    with pytest.raises(errors.ShapeError, match=r"^distance: expected 4 dims \(B, ny, nx, K\), got 3"):
+        B.group_sizes(d[0], 0.5)
 
 
 # --------------------------------------------------------------------------------------------
