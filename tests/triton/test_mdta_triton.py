@@ -124,10 +124,16 @@ def test_autograd_matches_reference():
 
 @pytest.mark.cuda
 def test_bfloat16_on_gpu():
+    """DESIGN.md's low-precision rule: against the float64 maths, the fused bfloat16 error is at
+    most twice that of the official formulation run in bfloat16 eagerly."""
+    import torch.nn.functional as F
+
+    from ..ops.test_mdta import _eager
     qkv, t, w, _ = _inputs(2, 48, 1, 40, 33, torch.bfloat16, "channels_last", seed=15)
     got = M.transposed_attention(qkv, t, 1, w, backend="triton")
-    ref = M.transposed_attention_reference(qkv, t, 1, w)
-    torch.testing.assert_close(got, ref, rtol=3e-2, atol=3e-2)
+    want = M.transposed_attention_reference(qkv.double(), t.double(), 1, w.double())
+    eager_err = (F.conv2d(_eager(qkv, t.to(qkv.dtype), 1), w).double() - want).abs().max()
+    assert (got.double() - want).abs().max() <= 2 * eager_err + 1e-6
 
 
 @pytest.mark.cuda
