@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -215,23 +214,6 @@ def _first_line(exc: BaseException, limit: int = 240) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def _load_failure(exc: BaseException) -> str:
-    """One line for a file torch.load(weights_only=True) could not read."""
-    text = str(exc)
-    # The weights-only unpickler's own reason ("Unsupported operand 137", "Unsupported global:
-    # GLOBAL numpy...") sits after a long paragraph of advice that does not fit here.
-    m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-    if m:
-        detail = m.group(1).strip()
-    elif isinstance(exc, EOFError):
-        detail = "the file is empty or truncated"
-    else:
-        detail = f"{type(exc).__name__}: {_first_line(exc)}" if text.strip() else type(exc).__name__
-    if len(detail) > 160:
-        detail = detail[:157] + "..."
-    return f"not a checkpoint torch.load(weights_only=True) can read ({detail})"
-
-
 def _checkpoint(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Method:
     from .models import load_official
 
@@ -241,10 +223,9 @@ def _checkpoint(path: str, device: torch.device, dtype: torch.dtype = torch.floa
         raise UsageError(f"--method {path}: expected a checkpoint file, got a directory")
     try:
         model = load_official(path)
-    except CheckpointError as exc:      # a state dict, but of no architecture fastdenoise builds
-        raise UsageError(f"{path}: {_first_line(exc)}") from None
-    except Exception as exc:            # torch.load's many ways of saying "not a checkpoint"
-        raise UsageError(f"{path}: {_load_failure(exc)}") from None
+    except CheckpointError as exc:      # not a checkpoint, or one of no architecture fastdenoise builds
+        line = _first_line(exc)
+        raise UsageError(line if line.startswith(f"{path}: ") else f"{path}: {line}") from None
     # channels_last: the layout the fused kernels and the convolution libraries (oneDNN, cuDNN)
     # prefer; the input follows it (_model_input).
     model = model.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()

@@ -261,6 +261,9 @@ def patch(model: nn.Module, inplace: bool = True, *, verify: bool = True) -> Pat
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    for name, flag in (("inplace", inplace), ("verify", verify)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
     root = model if inplace else copy.deepcopy(model)
     walk = _Walk(bool(verify))
     walk.report = PatchReport(model=root)

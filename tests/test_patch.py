@@ -178,6 +178,11 @@ def test_bad_input():
         fastdenoise.patch({})
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module, got int"):
         fastdenoise.unpatch(3)
+    m = nn.Sequential(nn.Conv2d(1, 1, 1))
+    with pytest.raises(TypeError, match=r"^inplace: expected a bool, got str 'no'$"):   # truthy: would patch m
+        fastdenoise.patch(m, inplace="no")
+    with pytest.raises(TypeError, match=r"^verify: expected a bool, got int 0$"):
+        fastdenoise.patch(m, verify=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -88,9 +88,34 @@ def unwrap_state_dict(obj, param_key: Optional[str] = None) -> Dict[str, torch.T
     return out
 
 
+def _load_failure(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in one line. Its message for a file
+    holding other objects advises weights_only=False, which would run code from the file:
+    fastdenoise never does that, so only the unpickler's own reason is kept."""
+    text = str(exc)
+    m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if m:
+        detail = m.group(1).strip()
+    elif isinstance(exc, EOFError):
+        detail = "the file is empty or cut short"
+    else:
+        lines = text.strip().splitlines()
+        detail = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return detail if len(detail) <= 160 else detail[:157] + "..."
+
+
 def _read(path_or_state_dict):
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        return torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        path = os.fspath(path_or_state_dict)
+        with open(path, "rb"):          # a missing or unreadable file: the OSError naming it
+            pass
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, MemoryError):
+            raise
+        except Exception as exc:        # torch.load's many ways of saying "not a checkpoint"
+            raise CheckpointError(f"{path}: not a checkpoint torch.load(weights_only=True) can read "
+                                  f"({_load_failure(exc)})") from exc
     if isinstance(path_or_state_dict, Mapping):
         return path_or_state_dict
     raise TypeError(f"path_or_state_dict: expected a path or a dict (a state dict or a checkpoint "
@@ -305,9 +330,11 @@ def load_official(path_or_state_dict, arch: Optional[str] = None, *, param_key: 
     shapes (see :func:`infer_arch`). The hyper-parameters are inferred too; ``kwargs`` override
     them (e.g. ``act_mode='BL'``, which the weights cannot tell from ``'BR'``).
 
-    Raises ValueError for an unknown ``arch``; CheckpointError when the keys fit no known
-    architecture, or when the checkpoint does not fit the model built (its message lists the
-    missing and unexpected keys and the shape mismatches).
+    Raises ValueError for an unknown ``arch``; OSError for a file that cannot be opened;
+    CheckpointError, naming the file, when torch.load cannot read it as tensors and containers
+    (objects that would need ``weights_only=False`` are refused, never unpickled), when the keys
+    fit no known architecture, or when the checkpoint does not fit the model built (its message
+    lists the missing and unexpected keys and the shape mismatches).
     """
     sd = unwrap_state_dict(_read(path_or_state_dict), param_key)
     if arch is None:

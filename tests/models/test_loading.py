@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -148,6 +150,36 @@ def test_unknown_arch_and_uninferable_keys():
         load_official({"epoch": 3, "optimizer": {"lr": 1.0}})
     with pytest.raises(TypeError, match="path_or_state_dict"):
         load_official(42)
+
+
+class _NotATensor:
+    pass
+
+
+def test_unreadable_files_name_the_file(tmp_path):
+    """A file torch.load cannot read, or one holding objects beyond tensors and containers, is a
+    CheckpointError naming the file and why, never unpickled with weights_only=False (which
+    torch's own message suggests); a missing file is the OSError naming it."""
+    good = tmp_path / "good.pth"
+    torch.save(DnCNN(nc=4, nb=3, act_mode="R").state_dict(), good)
+    data = good.read_bytes()
+    cases = {"garbage.pth": b"not a checkpoint", "empty.pth": b"", "cut.pth": data[:len(data) // 2]}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save({"model": _NotATensor()}, tmp_path / "object.pth")
+    want = {"garbage.pth": r"\(Unsupported operand 110\)$",
+            "object.pth": r"\(Unsupported global: GLOBAL .*_NotATensor was not an allowed global",
+            "empty.pth": r"\(the file is empty or cut short\)$",
+            "cut.pth": r"\(RuntimeError: "}
+    for name, words in want.items():
+        path = tmp_path / name
+        with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: not a checkpoint "
+                                                  rf"torch.load\(weights_only=True\) can read {words}") as info:
+            load_official(path)
+        assert "weights_only=False" not in str(info.value)
+    with pytest.raises(FileNotFoundError, match="nonexistent.pth"):
+        load_official(tmp_path / "nonexistent.pth")
+    assert isinstance(load_official(str(good)), DnCNN)
 
 
 def test_param_key_is_tried_first():
