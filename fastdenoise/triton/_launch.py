@@ -39,3 +39,10 @@ def batch_chunks(n, per_image: int = 1) -> List[Tuple[int, int]]:
     if n <= step:                     # the usual case: one launch (and a plain bound for compile)
         return [(0, n)]
     return [(b0, min(n, b0 + step)) for b0 in range(0, n, step)]
+
+
+def images(t: torch.Tensor, b0, b1, n) -> torch.Tensor:
+    """Rows ``b0 .. b1`` of ``t`` (n rows): ``t`` itself when that is all of it -- the usual single
+    launch then passes the very tensors it did before chunking existed, and a traced graph
+    (torch.compile) sees no view of a tensor the kernel writes."""
+    return t if b0 == 0 and b1 == n else t[b0:b1]

@@ -26,7 +26,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import memory_format_of, pixel_stride
-from ._launch import batch_chunks, on_device
+from ._launch import batch_chunks, images, on_device
 
 __all__ = ["pooled_mean", "scale", "POOL_NAME", "SCALE_NAME", "register_autograd"]
 
@@ -137,7 +137,8 @@ def _pool(x: torch.Tensor, pre: int, force_int64: bool = False) -> torch.Tensor:
     with on_device(x):
         for b0, b1 in batch_chunks(n):                 # images along grid z
             wrap_triton(_pool_kernel)[(n_split, triton.cdiv(cu, block_c), b1 - b0)](
-                x[b0:b1], part[b0:b1], hw, cu, n_split, x.stride(0), x.stride(1), pixel_stride(x),
+                images(x, b0, b1, n), images(part, b0, b1, n), hw, cu, n_split,
+                x.stride(0), x.stride(1), pixel_stride(x),
                 PRE=pre, BLOCK_P=block_p, BLOCK_C=block_c, PIX=pix, INDEX64=index64,
                 ACC_FP64=acc == torch.float64, num_warps=_NUM_WARPS,
             )

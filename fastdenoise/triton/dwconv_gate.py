@@ -36,7 +36,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import memory_format_of
-from ._launch import batch_chunks, on_device
+from ._launch import batch_chunks, images, on_device
 from ._recompute import register_recompute_autograd
 
 __all__ = ["dwconv_gate", "DWCONV_GATE_NAME", "register_autograd"]
@@ -157,7 +157,7 @@ def _dwconv_gate(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         for b0, b1 in batch_chunks(bsz):               # images along grid z
             grid = (triton.cdiv(h, block_h) * n_wt, triton.cdiv(n, block_c), b1 - b0)
             wrap_triton(_dwconv_gate_kernel)[grid](
-                x[b0:b1], weight, bias_arg, y[b0:b1], h, w, n, n_wt,
+                images(x, b0, b1, bsz), weight, bias_arg, images(y, b0, b1, bsz), h, w, n, n_wt,
                 x.stride(0), x.stride(1), x.stride(2), x.stride(3), y.stride(0), y.stride(1), y.stride(2), y.stride(3),
                 HAS_BIAS=bias is not None, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
                 INDEX64=index64, ACC_FP64=x.dtype == torch.float64,

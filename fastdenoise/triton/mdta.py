@@ -26,7 +26,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import pixel_stride
-from ._launch import batch_chunks, on_device
+from ._launch import batch_chunks, images, on_device
 
 __all__ = ["gram", "GRAM_NAME", "register_autograd", "DTYPES"]
 
@@ -119,7 +119,8 @@ def _gram(qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor
         for b0, b1 in batch_chunks(b, num_heads):      # (image, head) pairs along grid y
             h0, h1 = b0 * num_heads, b1 * num_heads
             wrap_triton(_gram_kernel)[(n_split, h1 - h0)](
-                qkv[b0:b1], g_part[h0:h1], sq_part[h0:h1], hw, d, c, num_heads, n_split, pix,
+                images(qkv, b0, b1, b), images(g_part, h0, h1, bh), images(sq_part, h0, h1, bh),
+                hw, d, c, num_heads, n_split, pix,
                 qkv.stride(0), qkv.stride(1), pixel_stride(qkv),
                 D_PAD=d_pad, BLOCK_P=block_p, INDEX64=index64, IEEE=qkv.dtype == torch.float32,
                 num_warps=_NUM_WARPS,

@@ -28,7 +28,7 @@ from torch.library import triton_op, wrap_triton
 
 from .._checks import memory_format_of, pixel_stride
 from ..ops.norm import TRITON_MAX_CHANNELS as MAX_CHANNELS
-from ._launch import batch_chunks, on_device
+from ._launch import batch_chunks, images, on_device
 from ._recompute import register_recompute_autograd
 
 __all__ = ["layer_norm2d", "LAYER_NORM_NAME", "MAX_CHANNELS", "register_autograd"]
@@ -101,7 +101,8 @@ def _layer_norm2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     with on_device(x):
         for b0, b1 in batch_chunks(n):                 # images along grid y
             wrap_triton(_layer_norm2d_kernel)[(triton.cdiv(h * w, block_p), b1 - b0)](
-                x[b0:b1], weight, bias_arg, y[b0:b1], h * w, c, eps, *_pixel_strides(x), *_pixel_strides(y),
+                images(x, b0, b1, n), weight, bias_arg, images(y, b0, b1, n), h * w, c, eps,
+                *_pixel_strides(x), *_pixel_strides(y),
                 HAS_BIAS=bias is not None, BIAS_FREE=bias_free, BLOCK_P=block_p, BLOCK_C=block_c,
                 INDEX64=index64, ACC_FP64=x.dtype == torch.float64, num_warps=_NUM_WARPS,
             )

@@ -44,7 +44,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import memory_format_of
-from ._launch import batch_chunks, on_device
+from ._launch import batch_chunks, images, on_device
 from ._recompute import register_recompute_autograd
 
 __all__ = ["pointwise_dwconv", "POINTWISE_DWCONV_NAME", "register_autograd"]
@@ -244,7 +244,7 @@ def _pointwise_dwconv(x: torch.Tensor, weight: torch.Tensor, dw_weight: torch.Te
     with on_device(x):
         for i0, i1 in batch_chunks(bsz):               # images along grid y
             wrap_triton(_pointwise_dwconv_kernel)[(n_cb * n_rb * triton.cdiv(w, block_p), i1 - i0)](
-                x[i0:i1], wt, b1, wd, bd, y[i0:i1], h, w, cin, cmid, n_out, n_cb, n_rb,
+                images(x, i0, i1, bsz), wt, b1, wd, bd, images(y, i0, i1, bsz), h, w, cin, cmid, n_out, n_cb, n_rb,
                 x.stride(0), x.stride(1), x.stride(2), x.stride(3), y.stride(0), y.stride(1), y.stride(2), y.stride(3),
                 HAS_B1=bias is not None, HAS_BD=dw_bias is not None, GATE=gate, ROWS=rows,
                 BLOCK_P=block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, INDEX64=index64,

@@ -106,6 +106,15 @@ def test_batch_chunks():
         _launch.batch_chunks(1, 65536)
 
 
+def test_a_single_launch_passes_the_tensors_themselves():
+    """The usual case (the batch fits the grid) hands the kernel the caller's tensors, not views
+    of them (what a torch.compile trace of the launcher sees is unchanged by the chunking)."""
+    x = torch.zeros(3, 2)
+    assert _launch.images(x, 0, 3, 3) is x
+    part = _launch.images(x, 1, 3, 3)
+    assert part.shape == (2, 2) and part.data_ptr() == x[1].data_ptr()
+
+
 def test_on_device_is_nothing_for_cpu_tensors():
     before = torch.cuda.current_device() if torch.cuda.is_available() else None
     with _launch.on_device(torch.zeros(1)):
