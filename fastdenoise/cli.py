@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "PSNR and SSIM of each output against it, on [0, 1] images")
     d.add_argument("--tile", type=_positive_int, metavar="T",
                    help="run a checkpoint in T x T tiles stitched seamlessly (fastdenoise.tiled); without it "
-                        "an image that does not fit in GPU memory is tiled automatically (tile 1024)")
+                        "an image that does not fit in GPU memory is tiled automatically (tile 1024), and on the "
+                        "CPU one whose run would not fit in the available host memory (the largest tile that fits)")
     d.add_argument("--overlap", type=_non_negative_int, metavar="P",
                    help="overlap of the tiles in pixels (default: the model's, see fastdenoise.tiling)")
     d.add_argument("--blend", choices=("hann", "crop", "average"), default="hann",
@@ -195,6 +196,7 @@ class Method:
     run: Callable[[torch.Tensor, float], torch.Tensor]   # (x, sigma in the image's units) -> y
     model: Optional[torch.nn.Module] = None    # a checkpoint's model (tiling needs its facts)
     streams: dict = field(default_factory=dict)  # --stream: a StreamDenoiser per frame size
+    memory: dict = field(default_factory=dict)   # (channels, dtype) -> tiling.MemoryEstimate on the CPU
 
 
 def _classical(name: str) -> Method:
@@ -477,18 +479,72 @@ def _model_input(method: Method, x: torch.Tensor) -> torch.Tensor:
 
 #: tile size when an image does not fit in GPU memory untiled
 AUTO_TILE = 1024
+#: side of the image a checkpoint's memory per pixel is measured on (on the CPU); images of up
+#: to twice its area are run untiled without measuring
+MEMORY_PROBE = 256
+
+
+def _overlap_for(method: Method, args, tile: int) -> int:
+    from .tiling import default_overlap
+
+    overlap = args.overlap if args.overlap is not None else default_overlap(method.model, tile)
+    return min(overlap, tile - 1)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _is_host_oom(exc: BaseException) -> bool:
+    """An allocation the host could not satisfy (PyTorch's CPU allocator, or Python's)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError)
+                                            and "can't allocate memory" in str(exc))
+
+
+def _host_tile(method: Method, x: torch.Tensor, sigma, args, result) -> Optional[int]:
+    """On the CPU: a tile size when the checkpoint's untiled run on ``x`` would not fit in the
+    available host memory (measured per pixel on a MEMORY_PROBE-sized image, once per channel
+    count and dtype), else None. The host would swap or the kernel kill the process instead of
+    PyTorch raising an error."""
+    from .tiling import MEMORY_HEADROOM, available_memory, estimate_memory, model_multiple, plan_tile, tiled_bytes
+
+    b, c, h, w = x.shape
+    if x.device.type != "cpu" or h * w <= 2 * MEMORY_PROBE * MEMORY_PROBE:
+        return None
+    budget = available_memory("cpu")
+    if budget is None:
+        return None
+    multiple = model_multiple(method.model)
+    key = (c, x.dtype)
+    if key not in method.memory:
+        method.memory[key] = estimate_memory(lambda t: method.run(t, sigma), c, x.dtype, x.device,
+                                             multiple=multiple, size=MEMORY_PROBE)
+    estimate = method.memory[key]
+    tile, need = plan_tile(estimate, x.shape, budget, multiple=multiple,
+                           overlap=lambda t: _overlap_for(method, args, t))
+    if tile is not None:
+        tiled_need = tiled_bytes(estimate, b, h, w, tile, _overlap_for(method, args, tile), multiple)
+        short = " (still more than that: smaller tiles would mostly recompute their overlaps)" \
+            if tiled_need > MEMORY_HEADROOM * budget else ""
+        result.notes.append(f"untiled it needs about {_fmt_bytes(need)}, {_fmt_bytes(budget)} of host memory is "
+                            f"available: tiled {tile}x{tile}{short}")
+    return tile
 
 
 def _apply(method: Method, x: torch.Tensor, sigma, args, result) -> torch.Tensor:
-    """method.run(x, sigma), tiled with --tile, or tiled automatically after an out-of-memory error."""
+    """method.run(x, sigma), tiled with --tile, tiled when the image would not fit in host memory
+    (on the CPU), or tiled automatically after an out-of-memory error."""
     if method.model is None:
         return method.run(x, sigma)
-    from .tiling import default_overlap, model_multiple, tiled
+    from .tiling import model_multiple, tiled
 
     def tiled_run(tile: int) -> torch.Tensor:
-        overlap = args.overlap if args.overlap is not None else default_overlap(method.model, tile)
-        fn = tiled(lambda t: method.run(t, sigma), tile=tile, overlap=min(overlap, tile - 1), blend=args.blend,
-                   multiple=model_multiple(method.model), progress=not args.no_progress)
+        fn = tiled(lambda t: method.run(t, sigma), tile=tile, overlap=_overlap_for(method, args, tile),
+                   blend=args.blend, multiple=model_multiple(method.model),
+                   progress=not args.no_progress and sys.stderr.isatty())
         return fn(x)
 
     if getattr(args, "tile", None):
@@ -502,6 +558,9 @@ def _apply(method: Method, x: torch.Tensor, sigma, args, result) -> torch.Tensor
             method.streams[key] = StreamDenoiser(lambda t: method.run(t, None), (h, w, c), x.dtype,
                                                  device=x.device)
         return method.streams[key](x[0])[None]
+    tile = _host_tile(method, x, sigma, args, result)
+    if tile is not None:
+        return tiled_run(tile)
     try:
         return method.run(x, sigma)
     except torch.cuda.OutOfMemoryError:
@@ -509,6 +568,11 @@ def _apply(method: Method, x: torch.Tensor, sigma, args, result) -> torch.Tensor
             raise
         torch.cuda.empty_cache()
         result.notes.append(f"out of GPU memory untiled: tiled {AUTO_TILE}x{AUTO_TILE}")
+        return tiled_run(AUTO_TILE)
+    except (RuntimeError, MemoryError) as exc:
+        if x.device.type != "cpu" or not _is_host_oom(exc):
+            raise
+        result.notes.append(f"out of host memory untiled: tiled {AUTO_TILE}x{AUTO_TILE}")
         return tiled_run(AUTO_TILE)
 
 

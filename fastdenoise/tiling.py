@@ -39,6 +39,13 @@ copy of the next batch and the device-to-host copy of the last one run on their 
 from pinned buffers, overlapping the model. An out-of-memory error on the GPU halves the batch
 (then the tile) and starts again, with a warning.
 
+**Memory.** :func:`estimate_memory` measures a model's peak memory per pixel on a small probe
+image (the bytes of the tensors its ops return, live at once: :func:`measure_peak_memory`, on any
+device), :func:`available_memory` says what the device has left (on the host: MemAvailable,
+capped by a container's cgroup limit) and :func:`plan_tile` picks the largest tile whose run
+fits in ``MEMORY_HEADROOM`` of it, or none when the whole image does. The command line uses
+them on the CPU, where running out of memory means swapping or the process being killed.
+
 **Extra arguments.** ``forward(x, *args)``: a tensor argument whose first dimension is B (e.g.
 FFDNet's per-image noise level) is given, per tile, the rows of the tiles' images; other
 arguments are passed as they are. A model returning a list or tuple (MPRNet) is taken at its
@@ -48,22 +55,31 @@ first element.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import warnings
+import weakref
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ._checks import FLOAT_DTYPES, check_tensor, memory_format_of
 from .errors import DTypeError, ShapeError
 from .ops.overlap_add import overlap_add, overlap_normalize
 
-__all__ = ["tiled", "TiledModel", "BLENDS", "model_multiple", "default_overlap", "tile_starts", "axis_windows"]
+__all__ = ["tiled", "TiledModel", "BLENDS", "model_multiple", "default_overlap", "tile_starts", "axis_windows",
+           "MemoryEstimate", "measure_peak_memory", "estimate_memory", "available_memory", "plan_tile",
+           "tiled_bytes"]
 
 BLENDS = ("hann", "crop", "average")
+#: the tile counter on stderr (runs longer than two seconds) is redrawn at most this often, in seconds
+PROGRESS_INTERVAL = 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +298,7 @@ class TiledModel(nn.Module):
         host = x.device
         out = weight = None
         started, shown = time.monotonic(), False
+        drawn = started - PROGRESS_INTERVAL
         stream = _Streams(dev, host) if dev.type == "cuda" and host.type == "cpu" else None
         pending = None                               # (tiles on the host, positions, windows)
         for k in range(0, len(jobs), batch):
@@ -302,9 +319,10 @@ class TiledModel(nn.Module):
                 overlap_add(_host(pending[0]), pending[1], out, weight, pending[2].to(host))
             tiles = stream.fetch(y) if stream is not None else y.to(host)
             pending = (tiles, positions, windows)
-            if self.progress and len(jobs) > batch and time.monotonic() - started > 2.0:
-                shown = True
-                done = min(k + batch, len(jobs))
+            done = min(k + batch, len(jobs))
+            now = time.monotonic() if self.progress and len(jobs) > batch else started
+            if now - started > 2.0 and (now - drawn >= PROGRESS_INTERVAL or done == len(jobs)):
+                shown, drawn = True, now
                 sys.stderr.write(f"\rfastdenoise.tiled: {done}/{len(jobs)} tiles")
                 sys.stderr.flush()
         if pending is not None:
@@ -404,3 +422,201 @@ def tiled(model: Callable, tile: int = 512, overlap: Optional[int] = None, blend
     ``multiple`` (None: the model's down-sampling factor, :func:`model_multiple`). ``progress``:
     a tile counter on stderr for runs longer than two seconds. See the module docstring."""
     return TiledModel(model, tile, overlap, blend, batch, multiple, progress)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: does the image fit untiled, and if not, how large a tile does
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak memory of one forward as ``per_pixel * H * W`` bytes (the tensors the ops return, live
+    at once; the caller's input and the parameters, already allocated, are not counted), and the
+    channels of the output."""
+    per_pixel: float
+    out_channels: int
+
+    def at(self, h: int, w: int) -> int:
+        """Predicted peak bytes for one (1, C, h, w) input."""
+        return int(math.ceil(self.per_pixel * h * w))
+
+
+def _storage(t: torch.Tensor) -> Tuple[int, int]:
+    """(address, bytes) of a tensor's storage; (0, 0) for a tensor without one."""
+    try:
+        storage = t.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError):
+        return 0, 0
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Counts the bytes of the storages that the ops run under it allocate, while some tensor
+    that an op returned still refers to them, and keeps the peak. A storage an op's input
+    already had (a view, an in-place result, the caller's tensors) is not new memory. Buffers an
+    op allocates and frees inside itself (a convolution's workspace) are not seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs: dict = {}       # storage address -> live tensors that an op returned on it
+        self.nbytes: dict = {}     # storage address -> its size
+        self.live = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {_storage(t)[0] for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            key, size = _storage(t)
+            if size == 0 or (key in inputs and key not in self.refs):
+                continue                          # the caller's memory (or nothing)
+            if key not in self.refs:              # a fresh allocation
+                self.refs[key], self.nbytes[key] = 0, size
+                self.live += size
+                self.peak = max(self.peak, self.live)
+            self.refs[key] += 1
+            weakref.finalize(t, self._release, key)
+        return out
+
+    def _release(self, key: int) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            del self.refs[key]
+            self.live -= self.nbytes.pop(key)
+
+
+def measure_peak_memory(fn: Callable, x: torch.Tensor) -> Tuple[int, torch.Tensor]:
+    """(peak bytes of the tensors that the ops inside ``fn(x)`` return -- see
+    :class:`MemoryEstimate` --, the output). Runs ``fn`` once, on any device."""
+    with _LiveBytes() as counter:
+        y = fn(x)
+    return counter.peak, y
+
+
+def estimate_memory(fn: Callable, channels: int, dtype: torch.dtype = torch.float32,
+                    device="cpu", *, multiple: int = 1, size: int = 256) -> MemoryEstimate:
+    """Peak memory per pixel of ``fn`` on (1, ``channels``, H, W) inputs, measured by running it
+    once on a random ``size`` x ``size`` image (rounded up to ``multiple``; channels_last). The
+    denoisers' activations grow in proportion to the pixel count; what does not (fixed buffers;
+    blocks that run a small image in one piece and a large one in bands, as Restormer's GDFN)
+    makes a small probe err on the high side for a large image. Workspaces inside an op and the
+    allocator's own overhead are not counted: leave headroom (:func:`plan_tile` does)."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels: expected a positive int, got {channels!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size: expected a positive int, got {size!r}")
+    s = _round_up(size, max(1, multiple))
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.rand((1, channels, s, s), generator=gen).to(device=device, dtype=dtype)
+    probe = probe.contiguous(memory_format=torch.channels_last)
+    peak, y = measure_peak_memory(fn, probe)
+    y = y[0] if isinstance(y, (list, tuple)) else y
+    out_c = int(y.shape[1]) if isinstance(y, torch.Tensor) and y.dim() == 4 else channels
+    return MemoryEstimate(peak / (s * s), out_c)
+
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _meminfo_available() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_available(root: str = "/sys/fs/cgroup") -> Optional[int]:
+    """What a container's memory limit still allows (cgroup v2, else v1); None without a limit.
+    Reclaimable page cache (inactive files) counts as available, as in MemAvailable."""
+    for limit_f, usage_f, stat_f in (("memory.max", "memory.current", "memory.stat"),
+                                     ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                                      "memory/memory.stat")):
+        limit_f, usage_f, stat_f = (os.path.join(root, f) for f in (limit_f, usage_f, stat_f))
+        limit, usage = _read_int(limit_f), _read_int(usage_f)
+        if limit is None or usage is None or limit >= 1 << 60:      # "max" or v1's "no limit"
+            continue
+        inactive = 0
+        try:
+            with open(stat_f) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name in ("inactive_file", "total_inactive_file"):
+                        inactive = int(value)
+                        break
+        except (OSError, ValueError):
+            pass
+        return max(0, limit - usage + inactive)
+    return None
+
+
+def available_memory(device="cpu") -> Optional[int]:
+    """Bytes a forward on ``device`` can still allocate: on a GPU, the free device memory plus
+    what PyTorch's allocator holds unused; on the CPU, the host's available memory (Linux
+    MemAvailable, else the free pages) capped by a container's cgroup limit. None when unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
+    if dev.type != "cpu":
+        return None
+    known = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return min(known) if known else None
+
+
+#: share of the available memory a run plans to use: the rest is for what the estimate does not
+#: see (workspaces inside ops, the allocator's overhead; on the development VM the process grew
+#: 2 % (DnCNN) to 32 % (Restormer) beyond the estimate at 384^2 to 1024^2 pixels)
+MEMORY_HEADROOM = 0.6
+#: the tile sizes :func:`plan_tile` tries, largest first
+TILE_CANDIDATES = (4096, 2048, 1024, 512, 256, 128, 64)
+
+
+def tiled_bytes(estimate: MemoryEstimate, b: int, h: int, w: int, tile: int, overlap: int, multiple: int) -> int:
+    """Predicted peak bytes of :class:`TiledModel` (one tile per forward, as on the CPU) on a
+    (b, C, h, w) input: one tile's forward plus what is kept for the whole image -- the float32
+    output accumulator and weight map, the normalised output and its copy in the input's dtype
+    and memory format (counted as float32)."""
+    hp, wp = _round_up(h, multiple), _round_up(w, multiple)
+    ov = min(overlap, max(0, _round_up(tile, multiple) - multiple))
+    th, _ = tile_starts(hp, tile, ov, multiple)
+    tw, _ = tile_starts(wp, tile, ov, multiple)
+    whole = b * hp * wp * 4 * (3 * estimate.out_channels + 1)
+    return estimate.at(th, tw) + whole
+
+
+def plan_tile(estimate: MemoryEstimate, shape: Sequence[int], budget: int, *, overlap: Callable[[int], int],
+              multiple: int = 1, candidates: Sequence[int] = TILE_CANDIDATES) -> Tuple[Optional[int], int]:
+    """(tile, untiled bytes) for a (B, C, H, W) input on a device with ``budget`` bytes available.
+
+    ``tile`` is None when the untiled run (``B * estimate.at(H, W)``, H and W rounded up to
+    ``multiple``) fits in ``MEMORY_HEADROOM * budget``. Otherwise it is the largest of
+    ``candidates`` (multiples of ``multiple``, smaller than the image's longer side) whose tiled
+    run (:func:`tiled_bytes`) fits, among those
+    whose stride is at least half the tile (``overlap(tile)``, the overlap used with a tile size,
+    at most half of it: tiny tiles that would mostly recompute their neighbours' pixels are not
+    taken); when none fits, the smallest of those. None also when no candidate qualifies."""
+    b, _, h, w = shape
+    need = b * estimate.at(_round_up(h, multiple), _round_up(w, multiple))
+    usable = MEMORY_HEADROOM * budget
+    if need <= usable:
+        return None, need
+    usable_tiles = [t for t in sorted(candidates, reverse=True)
+                    if t < max(h, w) and t % multiple == 0 and 2 * overlap(t) <= t]
+    for t in usable_tiles:
+        if tiled_bytes(estimate, b, h, w, t, overlap(t), multiple) <= usable:
+            return t, need
+    return (usable_tiles[-1] if usable_tiles else None), need

@@ -544,6 +544,24 @@ def test_progress_bar_on_a_terminal_only(tmp_path, rng, monkeypatch, capsys):
     capsys.readouterr()
 
 
+def test_tile_counter_on_a_terminal_only(tmp_path, rng, monkeypatch, capsys):
+    """A long tiled run draws fastdenoise.tiled's tile counter on a terminal, not into a log."""
+    from fastdenoise import tiling
+
+    ckpt = tmp_path / "dncnn.pth"
+    _save(build("dncnn", in_nc=1, out_nc=1, nc=8, nb=3, act_mode="R"), ckpt)
+    _, noisy = write_pair(tmp_path, rng, h=64, w=64)
+    ticks = iter(range(10 ** 6))
+    monkeypatch.setattr(tiling.time, "monotonic", lambda: next(ticks))      # a second per reading
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "log.png", "--method", ckpt, "--tile", 16)
+    assert code == 0 and "fastdenoise.tiled" not in err
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main(["denoise", str(noisy), "-o", str(tmp_path / "term.png"), "--method", str(ckpt), "--tile", "16"]) == 0
+    assert re.search(r"\rfastdenoise\.tiled: (\d+)/\1 tiles", term.getvalue())
+    capsys.readouterr()
+
+
 def test_per_file_lines_and_summary(tmp_path, rng, capsys):
     for i in range(2):
         write_image(tmp_path / f"{i}.png", make_pair(rng)[1])
@@ -596,6 +614,87 @@ def test_tiled_checkpoint(tmp_path, rng, capsys, shared_dir):
     assert code == 2 and "--overlap: expected less than --tile=16, got 16" in err
     code, _, err = run(capsys, "denoise", noisy, "-o", tmp_path / "b.png", "--method", ckpt, "--tile", 0)
     assert code == 2 and "expected a positive integer, got 0" in err
+
+
+def test_host_memory_plan_tiles_a_checkpoint_on_the_cpu(tmp_path, rng, capsys, monkeypatch):
+    """On the CPU, an image whose untiled run would not fit in the available host memory is tiled
+    with the largest tile that fits (the checkpoint's memory per pixel measured once per channel
+    count), says so, and writes the untiled output's pixels (a local model, default overlap);
+    with memory to spare, or with --tile, nothing is planned."""
+    from fastdenoise import cli, tiling
+
+    ckpt = tmp_path / "dncnn.pth"
+    _save(build("dncnn", in_nc=1, out_nc=1, nc=8, nb=3, act_mode="R"), ckpt)
+    _, noisy = write_pair(tmp_path, rng, h=200, w=180)
+    monkeypatch.setattr(cli, "MEMORY_PROBE", 64)          # images over 2 * 64^2 pixels are planned
+    probes = []
+    real_estimate = tiling.estimate_memory
+    monkeypatch.setattr(tiling, "estimate_memory", lambda *a, **k: probes.append(k["size"]) or real_estimate(*a, **k))
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "whole.png", "--method", ckpt)
+    assert code == 0, err
+    assert "tiled" not in line_for(out, noisy) and probes == [64]
+
+    # A budget between the 128-pixel tiled run's need and the untiled one's.
+    from fastdenoise.models import load_official
+    model, _ = _as_cli(load_official(ckpt), torch.zeros(1, 1, 1, 1))
+    with torch.inference_mode():
+        est = real_estimate(model, 1, size=64)
+    overlap = min(tiling.default_overlap(model, 128), 127)
+    low = tiling.tiled_bytes(est, 1, 200, 180, 128, overlap, 1)
+    high = est.at(200, 180)
+    assert low < high
+    budget = int((low + high) / 2 / tiling.MEMORY_HEADROOM)
+    monkeypatch.setattr(tiling, "available_memory", lambda device="cpu": budget)
+    again = noisy.with_name("again.png")
+    again.write_bytes(noisy.read_bytes())
+    code, out, err = run(capsys, "denoise", noisy, again, "-o", tmp_path / "t",
+                         "--method", ckpt, "--no-progress")
+    assert code == 0, err
+    line = line_for(out, noisy)
+    assert re.search(r"untiled it needs about [0-9.]+ MiB, [0-9.]+ MiB of host memory is available: "
+                     r"tiled 128x128$", line)
+    assert probes == [64, 64]                             # measured once for both files
+    diff = np.abs(read_pixels(tmp_path / "t" / "noisy.png").astype(int) - read_pixels(tmp_path / "whole.png"))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.002
+    # No memory at all: the smallest tile whose overlap is at most half of it, and the line says
+    # it still does not fit.
+    monkeypatch.setattr(tiling, "available_memory", lambda device="cpu": 1)
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "small.png", "--method", ckpt, "--no-progress")
+    assert code == 0, err
+    assert "tiled 64x64 (still more than that" in line_for(out, noisy)
+    # --tile is the user's choice: no plan.
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "given.png", "--method", ckpt, "--tile", 96)
+    assert code == 0 and "host memory" not in out and probes == [64, 64, 64]
+
+
+def test_out_of_host_memory_retries_tiled(tmp_path, rng, capsys, monkeypatch):
+    """A host allocation failure of the untiled run (PyTorch's CPU allocator error) is retried in
+    tiles, noted on the file's line; any other RuntimeError is still the file's error."""
+    from fastdenoise import cli
+    from fastdenoise.models import DnCNN
+
+    ckpt = tmp_path / "dncnn.pth"
+    _save(build("dncnn", in_nc=1, out_nc=1, nc=8, nb=3, act_mode="R"), ckpt)
+    _, noisy = write_pair(tmp_path, rng, h=70, w=57)
+    assert run(capsys, "denoise", noisy, "-o", tmp_path / "whole.png", "--method", ckpt)[0] == 0
+    real_forward = DnCNN.forward
+    message = ["DefaultCPUAllocator: can't allocate memory: you tried to allocate 123456789 bytes."]
+
+    def forward(self, x):
+        if x.shape[-2] * x.shape[-1] > 48 * 48:
+            raise RuntimeError(message[0])
+        return real_forward(self, x)
+
+    monkeypatch.setattr(DnCNN, "forward", forward)
+    monkeypatch.setattr(cli, "AUTO_TILE", 48)
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "t.png", "--method", ckpt, "--no-progress")
+    assert code == 0, err
+    assert "out of host memory untiled: tiled 48x48" in line_for(out, noisy)
+    diff = np.abs(read_pixels(tmp_path / "t.png").astype(int) - read_pixels(tmp_path / "whole.png"))
+    assert diff.max() <= 1
+    message[0] = "some other failure"
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "u.png", "--method", ckpt)
+    assert code == 1 and err.strip() == f"error: {noisy}: some other failure"
 
 
 def test_stream_frames(tmp_path, rng, capsys, shared_dir):

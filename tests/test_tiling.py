@@ -5,6 +5,8 @@ on a GPU: a host-resident image with the model on the GPU, and the out-of-memory
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -165,6 +167,15 @@ def test_progress_counter(capsys, monkeypatch):
         assert "tiles" in capsys.readouterr().err
         fastdenoise.tiled(model, tile=8, overlap=4, progress=False)(torch.rand(1, 1, 20, 20))
         assert capsys.readouterr().err == ""
+    # Redrawn at most every PROGRESS_INTERVAL seconds, the last count always: 81 tiles (one clock
+    # reading each, 0.1 s apart: 8.1 s), drawn from 2 s on.
+    ticks = iter(range(10 ** 6))
+    monkeypatch.setattr(T.time, "monotonic", lambda: next(ticks) / 10)
+    with torch.no_grad():
+        fastdenoise.tiled(model, tile=8, overlap=4, multiple=1)(torch.rand(1, 1, 40, 40))
+    counts = re.findall(r"\rfastdenoise\.tiled: (\d+)/(\d+) tiles", capsys.readouterr().err)
+    assert counts[-1] == ("81", "81")
+    assert 10 <= len(counts) <= (8.1 - 2) / T.PROGRESS_INTERVAL + 2, counts
 
 
 def test_bad_arguments():
@@ -256,3 +267,150 @@ def test_gpu_out_of_memory_halves_the_batch(monkeypatch):
     with pytest.warns(RuntimeWarning, match="out of GPU memory"), torch.no_grad():
         y = t(torch.rand(1, 1, 70, 70))
     assert calls == [(32, 8), (32, 4), (32, 2)] and y.shape == (1, 1, 70, 70)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: the peak counter, the per-pixel estimate, the host's available memory, the tile plan
+# --------------------------------------------------------------------------------------------
+
+from fastdenoise import tiling as _tiling  # noqa: E402
+from fastdenoise.models import Restormer  # noqa: E402
+from fastdenoise.tiling import (MemoryEstimate, estimate_memory, measure_peak_memory, plan_tile,  # noqa: E402
+                                tiled_bytes)
+
+
+@pytest.mark.parametrize("ctx", [torch.no_grad, torch.inference_mode])
+def test_peak_memory_counts_live_op_outputs(ctx):
+    """Exact on known allocation patterns: the input is not counted, nor views and in-place
+    results; a view keeps its base's storage counted; freed tensors stop counting."""
+    n = 300 * 200 * 4
+
+    def two_live(x):
+        a = x * 2
+        b = a + 1            # a and b live: 2n
+        del a
+        v = b[:, :10]        # a view: nothing new
+        b.add_(1)            # in place: nothing new
+        c = b * 3            # b and c: 2n again
+        s = v.sum()          # a few bytes
+        del v, b             # b's storage goes with its last view
+        return c + s         # c and the result: 2n
+
+    def view_keeps_base(x):
+        a = torch.empty_like(x)
+        b = torch.empty_like(x)
+        c = torch.empty_like(x)
+        del b
+        v = a.view(-1)
+        del a                # a's storage lives on through v
+        d = torch.empty_like(x)          # v (a), c, d: 3n
+        return v, c, d
+
+    x = torch.rand(300, 200)
+    with ctx():
+        peak, _ = measure_peak_memory(two_live, x)
+        assert n * 2 <= peak <= n * 2 + 64
+        peak, _ = measure_peak_memory(view_keeps_base, x)
+        assert peak == 3 * n
+        peak, _ = measure_peak_memory(lambda t: t.view(-1)[:5], x)
+        assert peak == 0
+
+
+def test_memory_estimate_extrapolates_from_the_probe():
+    """The per-pixel estimate from one probe predicts a larger, non-square image's measured peak
+    (exactly for a plain convolution stack; from above, within 25 %, for the others), and
+    records the output channels."""
+    torch.manual_seed(0)
+    models = [(DnCNN(in_nc=1, out_nc=1, nc=16, nb=4), 1, 1),
+              (NAFNet(img_channel=3, width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1]), 3, 4),
+              (Restormer(dim=4, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1]), 3, 8)]
+    for model, c, m in models:
+        model.eval()
+        with torch.inference_mode():
+            est = estimate_memory(model, c, multiple=m, size=32)
+            x = torch.rand(1, c, 96, 80).contiguous(memory_format=torch.channels_last)
+            measured, _ = measure_peak_memory(model, x)
+        assert est.out_channels == c
+        predicted = est.at(96, 80)
+        assert measured > 0
+        if isinstance(model, DnCNN):
+            assert predicted == measured, (predicted, measured)
+        else:
+            assert measured <= predicted <= 1.25 * measured, (type(model).__name__, predicted, measured)
+
+
+def test_memory_estimate_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="channels: expected a positive int, got 0"):
+        estimate_memory(lambda t: t, 0)
+    with pytest.raises(ValueError, match="size: expected a positive int, got 2.5"):
+        estimate_memory(lambda t: t, 1, size=2.5)
+
+
+def test_available_memory_on_the_host(tmp_path, monkeypatch):
+    """A positive byte count on the host, capped by a cgroup limit (v2, then v1, reclaimable page
+    cache counted as available); None for a device it cannot ask."""
+    avail = _tiling.available_memory("cpu")
+    assert isinstance(avail, int) and avail > 0
+    assert _tiling._cgroup_available(str(tmp_path)) is None                       # no cgroup files
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("1000\n")
+    assert _tiling._cgroup_available(str(tmp_path)) is None                       # v2, no limit
+    (tmp_path / "memory.max").write_text(f"{5 << 20}\n")
+    (tmp_path / "memory.stat").write_text("anon 10\ninactive_file 300\nactive_file 7\n")
+    assert _tiling._cgroup_available(str(tmp_path)) == (5 << 20) - 1000 + 300
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{1 << 62}\n")          # v1's "no limit"
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("5\n")
+    assert _tiling._cgroup_available(str(v1)) is None
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("4096\n")
+    (v1 / "memory" / "memory.stat").write_text("total_inactive_file 20\n")
+    assert _tiling._cgroup_available(str(v1)) == 4096 - 5 + 20
+    monkeypatch.setattr(_tiling, "_cgroup_available", lambda: 1234)
+    assert _tiling.available_memory("cpu") == min(1234, avail)
+    assert _tiling.available_memory("meta") is None
+
+
+def test_plan_tile():
+    """None when the untiled run fits; else the largest candidate below the image whose tiled
+    run fits, never one whose overlap is more than half of it; the smallest acceptable one when
+    none fits; a batch needs its images' memory together."""
+    est = MemoryEstimate(per_pixel=1000.0, out_channels=3)
+    shape = (1, 3, 3000, 2000)
+    need = 1000 * 3000 * 2000
+    ov = lambda t: t // 8  # noqa: E731
+    just = int(need / _tiling.MEMORY_HEADROOM) + 1
+    assert plan_tile(est, shape, budget=just, overlap=ov) == (None, need)
+    assert plan_tile(est, (2,) + shape[1:], budget=just, overlap=ov) == (2048, 2 * need)
+    whole = 3000 * 2000 * 4 * 10                       # float32 accumulator, weights, two outputs
+    for tile in (1024, 512):
+        assert tiled_bytes(est, 1, 3000, 2000, tile, ov(tile), 1) == 1000 * tile * tile + whole
+    assert tiled_bytes(est, 1, 3000, 2000, 2048, 256, 1) == 1000 * 2048 * 2000 + whole   # one tile wide
+    budget = int((1000 * 1024 * 1024 + whole) / _tiling.MEMORY_HEADROOM) + 10      # 1024 fits, 2048 does not
+    assert plan_tile(est, shape, budget, overlap=ov) == (1024, need)
+    assert plan_tile(est, shape, budget, overlap=ov, candidates=(2048, 1020, 512), multiple=8)[0] == 512
+    assert plan_tile(est, shape, 1, overlap=ov)[0] == 64                   # nothing fits: the smallest
+    assert plan_tile(est, shape, 1, overlap=lambda t: min(72, t - 8))[0] == 256   # 128: overlap 72 > 64
+    assert plan_tile(est, (1, 3, 60, 50), 1, overlap=ov) == (None, 1000 * 3000)   # no tile below 60
+
+
+@pytest.mark.cuda
+def test_memory_on_the_gpu():
+    """On a GPU: the counter's peak of a convolution stack is at most what the caching allocator
+    saw allocated beyond the input (which adds its 512-byte rounding and cuDNN's workspace), the
+    estimate extrapolates to a larger image, and the available memory is positive and at most
+    the device's."""
+    model = DnCNN(in_nc=1, out_nc=1, nc=16, nb=4).cuda().eval()
+    x = torch.rand(1, 1, 200, 150, device="cuda")
+    with torch.inference_mode():
+        model(x)                                      # cuDNN's choice made before measuring
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        peak, _ = measure_peak_memory(model, x)
+        allocator_peak = torch.cuda.max_memory_allocated() - base
+        est = estimate_memory(model, 1, device="cuda", size=64)
+    assert 0 < peak <= allocator_peak, (peak, allocator_peak)
+    assert est.at(200, 150) == pytest.approx(peak, rel=0.02)
+    free = _tiling.available_memory("cuda")
+    assert 0 < free <= torch.cuda.get_device_properties(0).total_memory
