@@ -578,9 +578,10 @@ def available_memory(device="cpu") -> Optional[int]:
 
 
 #: share of the available memory a run plans to use: the rest is for what the estimate does not
-#: see (workspaces inside ops, the allocator's overhead; on the development VM the process grew
-#: 2 % (DnCNN) to 32 % (Restormer) beyond the estimate at 384^2 to 1024^2 pixels)
-MEMORY_HEADROOM = 0.6
+#: see (workspaces inside ops, the allocator's overhead and fragmentation over many tiles; on the
+#: development VM the process grew 2 % (DnCNN) to 32 % (Restormer) beyond the estimate of one
+#: forward at 384^2 to 1024^2 pixels; see the README)
+MEMORY_HEADROOM = 0.5
 #: the tile sizes :func:`plan_tile` tries, largest first
 TILE_CANDIDATES = (4096, 2048, 1024, 512, 256, 128, 64)
 
