@@ -441,13 +441,13 @@ class MemoryEstimate:
         return int(math.ceil(self.per_pixel * h * w))
 
 
-def _storage(t: torch.Tensor) -> Tuple[int, int]:
-    """(address, bytes) of a tensor's storage; (0, 0) for a tensor without one."""
+def _storage(t: torch.Tensor) -> Tuple[tuple, int]:
+    """((device, address), bytes) of a tensor's storage; bytes 0 for a tensor without one."""
     try:
         storage = t.untyped_storage()
-        return storage.data_ptr(), storage.nbytes()
+        return (str(storage.device), storage.data_ptr()), storage.nbytes()
     except (RuntimeError, NotImplementedError):
-        return 0, 0
+        return (None, 0), 0
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -458,8 +458,8 @@ class _LiveBytes(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.refs: dict = {}       # storage address -> live tensors that an op returned on it
-        self.nbytes: dict = {}     # storage address -> its size
+        self.refs: dict = {}       # (device, storage address) -> live tensors an op returned on it
+        self.nbytes: dict = {}     # (device, storage address) -> its size
         self.live = self.peak = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -479,7 +479,7 @@ class _LiveBytes(TorchDispatchMode):
             weakref.finalize(t, self._release, key)
         return out
 
-    def _release(self, key: int) -> None:
+    def _release(self, key: tuple) -> None:
         self.refs[key] -= 1
         if self.refs[key] == 0:
             del self.refs[key]
