@@ -202,6 +202,14 @@ def _fade(w: torch.Tensor, step: int, tile: int, blend: str, rising: bool) -> No
         w[first + outer + ramp_len:] = 0
 
 
+def _grid(h: int, w: int, tile: int, overlap: int, m: int):
+    """(padded H, padded W, (tile height, row starts), (tile width, column starts)) of the tiles
+    over an h x w image aligned to ``m`` (the overlap capped to what the rounded tile allows)."""
+    hp, wp = _round_up(h, m), _round_up(w, m)
+    overlap = min(overlap, max(0, _round_up(tile, m) - m))
+    return hp, wp, tile_starts(hp, tile, overlap, m), tile_starts(wp, tile, overlap, m)
+
+
 def _pad_mode(n: int, pad: int) -> str:
     return "reflect" if pad < n else "replicate"
 
@@ -288,11 +296,7 @@ class TiledModel(nn.Module):
     def _run(self, x, args, where, tile, batch) -> torch.Tensor:
         dev, mdtype = where
         b, _, h, w = x.shape
-        m = self.multiple
-        hp, wp = _round_up(h, m), _round_up(w, m)
-        overlap = min(self.overlap, max(0, _round_up(tile, m) - m))
-        th, ys = tile_starts(hp, tile, overlap, m)
-        tw, xs = tile_starts(wp, tile, overlap, m)
+        hp, wp, (th, ys), (tw, xs) = _grid(h, w, tile, self.overlap, self.multiple)
         wy, wx = axis_windows(ys, th, self.blend), axis_windows(xs, tw, self.blend)
         jobs = [(bi, i, j) for bi in range(b) for i in range(len(ys)) for j in range(len(xs))]
         host = x.device
@@ -591,10 +595,7 @@ def tiled_bytes(estimate: MemoryEstimate, b: int, h: int, w: int, tile: int, ove
     (b, C, h, w) input: one tile's forward plus what is kept for the whole image -- the float32
     output accumulator and weight map, the normalised output and its copy in the input's dtype
     and memory format (counted as float32)."""
-    hp, wp = _round_up(h, multiple), _round_up(w, multiple)
-    ov = min(overlap, max(0, _round_up(tile, multiple) - multiple))
-    th, _ = tile_starts(hp, tile, ov, multiple)
-    tw, _ = tile_starts(wp, tile, ov, multiple)
+    hp, wp, (th, _), (tw, _) = _grid(h, w, tile, overlap, multiple)
     whole = b * hp * wp * 4 * (3 * estimate.out_channels + 1)
     return estimate.at(th, tw) + whole
 
