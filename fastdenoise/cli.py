@@ -196,7 +196,7 @@ class Method:
     run: Callable[[torch.Tensor, float], torch.Tensor]   # (x, sigma in the image's units) -> y
     model: Optional[torch.nn.Module] = None    # a checkpoint's model (tiling needs its facts)
     streams: dict = field(default_factory=dict)  # --stream: a StreamDenoiser per frame size
-    memory: dict = field(default_factory=dict)   # (channels, dtype) -> tiling.MemoryEstimate on the CPU
+    memory: dict = field(default_factory=dict)   # (device, channels, dtype) -> tiling.MemoryEstimate
 
 
 def _classical(name: str) -> Method:
@@ -477,10 +477,10 @@ def _model_input(method: Method, x: torch.Tensor) -> torch.Tensor:
     return x.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-#: tile size when an image does not fit in GPU memory untiled
+#: tile size when the untiled run of an image fails for want of memory
 AUTO_TILE = 1024
-#: side of the image a checkpoint's memory per pixel is measured on (on the CPU); images of up
-#: to twice its area are run untiled without measuring
+#: side of the image a checkpoint's memory per pixel is measured on; images of up to twice its
+#: area are run untiled without measuring
 MEMORY_PROBE = 256
 
 
@@ -504,39 +504,43 @@ def _is_host_oom(exc: BaseException) -> bool:
                                             and "can't allocate memory" in str(exc))
 
 
-def _host_tile(method: Method, x: torch.Tensor, sigma, args, result) -> Optional[int]:
-    """On the CPU: a tile size when the checkpoint's untiled run on ``x`` would not fit in the
-    available host memory (measured per pixel on a MEMORY_PROBE-sized image, once per channel
-    count and dtype), else None. The host would swap or the kernel kill the process instead of
-    PyTorch raising an error."""
-    from .tiling import MEMORY_HEADROOM, available_memory, estimate_memory, model_multiple, plan_tile, tiled_bytes
+def _planned_tile(method: Method, x: torch.Tensor, sigma, args, result) -> Optional[int]:
+    """A tile size when the checkpoint's untiled run on ``x`` would not fit in the memory
+    available on x's device (measured per pixel on a MEMORY_PROBE-sized image, once per device,
+    channel count and dtype), else None. On the CPU the host would swap or the kernel kill the
+    process instead of PyTorch raising an error; on a GPU the untiled run would fail after
+    filling the device (the out-of-memory retry in _apply stays for what the plan misses)."""
+    from .tiling import (MEMORY_HEADROOM, available_memory, default_batch, estimate_memory, model_multiple,
+                         plan_tile, tiled_bytes)
 
     b, c, h, w = x.shape
-    if x.device.type != "cpu" or h * w <= 2 * MEMORY_PROBE * MEMORY_PROBE:
-        return None
-    budget = available_memory("cpu")
-    if budget is None:
+    if x.device.type not in ("cpu", "cuda") or h * w <= 2 * MEMORY_PROBE * MEMORY_PROBE:
         return None
     multiple = model_multiple(method.model)
-    key = (c, x.dtype)
+    key = (str(x.device), c, x.dtype)
     if key not in method.memory:
         method.memory[key] = estimate_memory(lambda t: method.run(t, sigma), c, x.dtype, x.device,
                                              multiple=multiple, size=MEMORY_PROBE)
     estimate = method.memory[key]
-    tile, need = plan_tile(estimate, x.shape, budget, multiple=multiple,
+    budget = available_memory(x.device)                  # after the probe, which warms caches up
+    if budget is None:
+        return None
+    batch = default_batch(x.device)
+    tile, need = plan_tile(estimate, x.shape, budget, multiple=multiple, batch=batch,
                            overlap=lambda t: _overlap_for(method, args, t))
     if tile is not None:
-        tiled_need = tiled_bytes(estimate, b, h, w, tile, _overlap_for(method, args, tile), multiple)
+        tiled_need = tiled_bytes(estimate, b, h, w, tile, _overlap_for(method, args, tile), multiple, batch)
         short = " (still more than that: smaller tiles would mostly recompute their overlaps)" \
             if tiled_need > MEMORY_HEADROOM * budget else ""
-        result.notes.append(f"untiled it needs about {_fmt_bytes(need)}, {_fmt_bytes(budget)} of host memory is "
-                            f"available: tiled {tile}x{tile}{short}")
+        where = "host" if x.device.type == "cpu" else "GPU"
+        result.notes.append(f"untiled it needs about {_fmt_bytes(need)}, {_fmt_bytes(budget)} of {where} memory "
+                            f"is available: tiled {tile}x{tile}{short}")
     return tile
 
 
 def _apply(method: Method, x: torch.Tensor, sigma, args, result) -> torch.Tensor:
-    """method.run(x, sigma), tiled with --tile, tiled when the image would not fit in host memory
-    (on the CPU), or tiled automatically after an out-of-memory error."""
+    """method.run(x, sigma), tiled with --tile, tiled when the image would not fit in the memory
+    of its device, or tiled automatically after an out-of-memory error."""
     if method.model is None:
         return method.run(x, sigma)
     from .tiling import model_multiple, tiled
@@ -558,7 +562,7 @@ def _apply(method: Method, x: torch.Tensor, sigma, args, result) -> torch.Tensor
             method.streams[key] = StreamDenoiser(lambda t: method.run(t, None), (h, w, c), x.dtype,
                                                  device=x.device)
         return method.streams[key](x[0])[None]
-    tile = _host_tile(method, x, sigma, args, result)
+    tile = _planned_tile(method, x, sigma, args, result)
     if tile is not None:
         return tiled_run(tile)
     try:

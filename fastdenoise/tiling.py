@@ -218,6 +218,15 @@ def _pad_mode(n: int, pad: int) -> str:
 # The module
 # --------------------------------------------------------------------------------------------
 
+#: tiles per forward when ``batch`` is not given, on a GPU (on the CPU: one)
+CUDA_TILE_BATCH = 4
+
+
+def default_batch(device) -> int:
+    """The tiles per forward :class:`TiledModel` runs on ``device`` when ``batch`` is not given."""
+    return CUDA_TILE_BATCH if torch.device(device).type == "cuda" else 1
+
+
 class TiledModel(nn.Module):
     """``model`` run in tiles (see the module docstring and :func:`tiled`)."""
 
@@ -275,7 +284,7 @@ class TiledModel(nn.Module):
     def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
         check_tensor("x", x)
         dev, mdtype = self._model_where(x)
-        batch = self.batch or (4 if dev.type == "cuda" else 1)
+        batch = self.batch or default_batch(dev)
         tile = self.tile
         while True:
             try:
@@ -590,24 +599,27 @@ MEMORY_HEADROOM = 0.5
 TILE_CANDIDATES = (4096, 2048, 1024, 512, 256, 128, 64)
 
 
-def tiled_bytes(estimate: MemoryEstimate, b: int, h: int, w: int, tile: int, overlap: int, multiple: int) -> int:
-    """Predicted peak bytes of :class:`TiledModel` (one tile per forward, as on the CPU) on a
-    (b, C, h, w) input: one tile's forward plus what is kept for the whole image -- the float32
-    output accumulator and weight map, the normalised output and its copy in the input's dtype
-    and memory format (counted as float32)."""
-    hp, wp, (th, _), (tw, _) = _grid(h, w, tile, overlap, multiple)
+def tiled_bytes(estimate: MemoryEstimate, b: int, h: int, w: int, tile: int, overlap: int, multiple: int,
+                batch: int = 1) -> int:
+    """Predicted peak bytes of :class:`TiledModel` running ``batch`` tiles per forward on a
+    (b, C, h, w) input held on the same device: the forward of ``batch`` tiles (fewer when the
+    image has fewer) plus what is kept for the whole image -- the float32 output accumulator and
+    weight map, the normalised output and its copy in the input's dtype and memory format
+    (counted as float32)."""
+    hp, wp, (th, ys), (tw, xs) = _grid(h, w, tile, overlap, multiple)
     whole = b * hp * wp * 4 * (3 * estimate.out_channels + 1)
-    return estimate.at(th, tw) + whole
+    return min(batch, b * len(ys) * len(xs)) * estimate.at(th, tw) + whole
 
 
 def plan_tile(estimate: MemoryEstimate, shape: Sequence[int], budget: int, *, overlap: Callable[[int], int],
-              multiple: int = 1, candidates: Sequence[int] = TILE_CANDIDATES) -> Tuple[Optional[int], int]:
+              multiple: int = 1, batch: int = 1,
+              candidates: Sequence[int] = TILE_CANDIDATES) -> Tuple[Optional[int], int]:
     """(tile, untiled bytes) for a (B, C, H, W) input on a device with ``budget`` bytes available.
 
     ``tile`` is None when the untiled run (``B * estimate.at(H, W)``, H and W rounded up to
     ``multiple``) fits in ``MEMORY_HEADROOM * budget``. Otherwise it is the largest of
     ``candidates`` (multiples of ``multiple``, smaller than the image's longer side) whose tiled
-    run (:func:`tiled_bytes`) fits, among those
+    run (:func:`tiled_bytes`, ``batch`` tiles per forward) fits, among those
     whose stride is at least half the tile (``overlap(tile)``, the overlap used with a tile size,
     at most half of it: tiny tiles that would mostly recompute their neighbours' pixels are not
     taken); when none fits, the smallest of those. None also when no candidate qualifies."""
@@ -619,6 +631,6 @@ def plan_tile(estimate: MemoryEstimate, shape: Sequence[int], budget: int, *, ov
     usable_tiles = [t for t in sorted(candidates, reverse=True)
                     if t < max(h, w) and t % multiple == 0 and 2 * overlap(t) <= t]
     for t in usable_tiles:
-        if tiled_bytes(estimate, b, h, w, t, overlap(t), multiple) <= usable:
+        if tiled_bytes(estimate, b, h, w, t, overlap(t), multiple, batch) <= usable:
             return t, need
     return (usable_tiles[-1] if usable_tiles else None), need

@@ -667,6 +667,29 @@ def test_host_memory_plan_tiles_a_checkpoint_on_the_cpu(tmp_path, rng, capsys, m
     assert code == 0 and "host memory" not in out and probes == [64, 64, 64]
 
 
+@pytest.mark.cuda
+def test_gpu_memory_plan_tiles_a_checkpoint(tmp_path, rng, capsys, monkeypatch):
+    """On the GPU, as on the CPU: an image whose untiled run would not fit in the available GPU
+    memory is tiled (batches of tiles per forward counted), and the output is the untiled one's."""
+    from fastdenoise import cli, tiling
+
+    ckpt = tmp_path / "dncnn.pth"
+    _save(build("dncnn", in_nc=1, out_nc=1, nc=8, nb=3, act_mode="R"), ckpt)
+    _, noisy = write_pair(tmp_path, rng, h=200, w=180)
+    monkeypatch.setattr(cli, "MEMORY_PROBE", 64)
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "whole.png", "--method", ckpt,
+                         "--device", "cuda")
+    assert code == 0 and "tiled" not in line_for(out, noisy), err
+    monkeypatch.setattr(tiling, "available_memory", lambda device="cpu": 1)
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "t.png", "--method", ckpt,
+                         "--device", "cuda", "--no-progress")
+    assert code == 0, err
+    assert re.search(r"untiled it needs about [0-9.]+ MiB, 1 bytes of GPU memory is available: tiled 64x64 "
+                     r"\(still more than that", line_for(out, noisy))
+    diff = np.abs(read_pixels(tmp_path / "t.png").astype(int) - read_pixels(tmp_path / "whole.png"))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.002
+
+
 def test_out_of_host_memory_retries_tiled(tmp_path, rng, capsys, monkeypatch):
     """A host allocation failure of the untiled run (PyTorch's CPU allocator error) is retried in
     tiles, noted on the file's line; any other RuntimeError is still the file's error."""

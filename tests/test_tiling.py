@@ -392,6 +392,11 @@ def test_plan_tile():
     assert plan_tile(est, shape, 1, overlap=ov)[0] == 64                   # nothing fits: the smallest
     assert plan_tile(est, shape, 1, overlap=lambda t: min(72, t - 8))[0] == 256   # 128: overlap 72 > 64
     assert plan_tile(est, (1, 3, 60, 50), 1, overlap=ov) == (None, 1000 * 3000)   # no tile below 60
+    # batch tiles per forward (a GPU's default) need their memory together, as far as there are tiles
+    assert tiled_bytes(est, 1, 3000, 2000, 1024, ov(1024), 1, batch=4) == 4 * 1000 * 1024 * 1024 + whole
+    assert tiled_bytes(est, 1, 3000, 2000, 2048, 256, 1, batch=4) == 2 * 1000 * 2048 * 2000 + whole
+    assert plan_tile(est, shape, budget, overlap=ov, batch=4) == (512, need)      # 4 x 1024^2 does not fit
+    assert _tiling.default_batch("cpu") == 1 and _tiling.default_batch("cuda:0") == _tiling.CUDA_TILE_BATCH
 
 
 @pytest.mark.cuda
