@@ -7,10 +7,11 @@ tensors; the plain PyTorch references on the CPU).
 * :class:`NAFBlock` -- the two LayerNorm2d fused; the SimpleGate and the simplified channel
   attention after the depthwise convolution fused into one op
   (:func:`~fastdenoise.ops.simplified_channel_attention` with ``gate=True``: the gated tensor
-  is never stored); the second SimpleGate fused.
+  is never stored); the second SimpleGate fused; each residual (``inp + x * beta``,
+  ``y + x * gamma``) one ``torch.addcmul``, one pass over memory instead of two.
 * :class:`BaselineBlock` -- the LayerNorm2d fused; the GELU and the squeeze-and-excitation after
   the depthwise convolution fused (:func:`~fastdenoise.ops.channel_attention` with
-  ``act="gelu"``).
+  ``act="gelu"``); the residuals as in NAFBlock.
 
 When a block's pool is not a global average pool (NAFNetLocal's / BaselineLocal's local
 statistics), its attention runs the module's own ``sca`` / ``se`` instead, unfused.
@@ -170,9 +171,9 @@ class NAFBlock(nn.Module):
             x = simple_gate(x)
             x = x * self.sca(x)
         x = self.dropout1(self.conv3(x))
-        y = inp + x * self.beta
+        y = torch.addcmul(inp, x, self.beta)         # inp + x * beta in one pass
         x = self.dropout2(self.conv5(self.sg(self.conv4(self.norm2(y)))))
-        return y + x * self.gamma
+        return torch.addcmul(y, x, self.gamma)
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "NAFBlock":
@@ -208,9 +209,9 @@ class BaselineBlock(nn.Module):
             x = self.gelu(x)
             x = x * self.se(x)
         x = self.dropout1(self.conv3(x))
-        y = inp + x * self.beta
+        y = torch.addcmul(inp, x, self.beta)         # inp + x * beta in one pass
         x = self.dropout2(self.conv5(F.gelu(self.conv4(self.norm2(y)))))
-        return y + x * self.gamma
+        return torch.addcmul(y, x, self.gamma)
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "BaselineBlock":
