@@ -84,6 +84,9 @@ def resolve(op: str, x: torch.Tensor, backend: Optional[str], *, triton_op: bool
         if x.device.type != "cpu":
             raise DeviceError(f"backend='cpu': expected a tensor on cpu, got {x.device}")
         if not _ext.has_kernel(op, "CPU"):
+            if _ext.extension() is not None:       # built and loaded: the op family has no C++ kernel
+                raise BackendError(f"backend='cpu': fastdenoise::{op} has no C++ CPU kernel (CPU tensors run "
+                                   f"its plain PyTorch reference: backend=None or 'reference')")
             raise BackendError(f"backend='cpu': fastdenoise::{op} has no compiled CPU kernel here "
                                f"({_ext.load_error() or 'not built'})")
         return backend

@@ -60,8 +60,10 @@ def _sigma_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number on the 0-255 scale (e.g. 25), got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number on the 0-255 scale (e.g. 25), got {text}")
+    if not math.isfinite(value) or value <= 0 or value > 255:
+        # above 255 the noise is larger than the whole range: a value on another scale, most likely
+        raise argparse.ArgumentTypeError(f"expected a positive number of at most 255 on the 0-255 scale "
+                                         f"(e.g. 25), got {text}")
     return value
 
 
@@ -485,10 +487,12 @@ MEMORY_PROBE = 256
 
 
 def _overlap_for(method: Method, args, tile: int) -> int:
-    from .tiling import default_overlap
+    """--overlap, or the model's default, capped to what ``tile`` holds (tiles the command line
+    chose; a --tile too small for --overlap is refused in _cmd_denoise)."""
+    from .tiling import default_overlap, max_overlap, model_multiple
 
     overlap = args.overlap if args.overlap is not None else default_overlap(method.model, tile)
-    return min(overlap, tile - 1)
+    return min(overlap, tile - 1, max_overlap(tile, model_multiple(method.model)))
 
 
 def _fmt_bytes(n: float) -> str:
@@ -654,6 +658,14 @@ def _cmd_denoise(args) -> int:
                          f"{', not with --tile' if args.tile is not None else ''}; InvDN draws noise per frame)")
     if args.tile is not None and args.overlap is not None and args.overlap >= args.tile:
         raise UsageError(f"--overlap: expected less than --tile={args.tile}, got {args.overlap}")
+    if args.tile is not None and args.overlap is not None and method.model is not None:
+        from .tiling import max_overlap, model_multiple
+
+        m = model_multiple(method.model)
+        if args.overlap > max_overlap(args.tile, m):
+            raise UsageError(f"--overlap: expected at most {max_overlap(args.tile, m)} with --tile={args.tile} "
+                             f"({method.name} works on multiples of {m} pixels: the tile is rounded up to one and "
+                             f"moves in steps of at least {m}), got {args.overlap}")
 
     progress = Progress(len(jobs), err, len(jobs) > 1 and not args.no_progress and err.isatty())
     results: List[Result] = []

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import _png, _tiff
-from .errors import ImageFormatError, ShapeError
+from .errors import DTypeError, ImageFormatError, ShapeError
 
 __all__ = ["read_image", "read_pixels", "write_image", "to_float", "quantize", "IMAGE_EXTENSIONS",
            "SIXTEEN_BIT_EXTENSIONS"]
@@ -91,7 +91,7 @@ def to_float(pixels: np.ndarray, *, as_tensor: bool = False):
     if not isinstance(pixels, np.ndarray):
         raise TypeError(f"pixels: expected a numpy array of uint8 or uint16 samples, got {type(pixels).__name__}")
     if pixels.dtype not in (np.uint8, np.uint16):
-        raise TypeError(f"pixels: expected uint8 or uint16 samples (as read_pixels gives them), got {pixels.dtype}")
+        raise DTypeError(f"pixels: expected uint8 or uint16 samples (as read_pixels gives them), got {pixels.dtype}")
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3:
@@ -160,10 +160,10 @@ def _as_hwc(img) -> np.ndarray:
         t = img.detach().cpu()
         if t.dim() == 4:
             if t.shape[0] != 1:
-                raise ValueError(f"img: expected one image (1, C, H, W), got {list(t.shape)}")
+                raise ShapeError(f"img: expected one image (1, C, H, W), got {list(t.shape)}")
             t = t[0]
         if t.dim() != 3:
-            raise ValueError(f"img: expected a (C, H, W) or (1, C, H, W) tensor, got {list(t.shape)}")
+            raise ShapeError(f"img: expected a (C, H, W) or (1, C, H, W) tensor, got {list(t.shape)}")
         if t.dtype == torch.bfloat16 or t.dtype == torch.float16:
             t = t.float()
         arr = t.permute(1, 2, 0).numpy()
@@ -172,7 +172,7 @@ def _as_hwc(img) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3):
-        raise ValueError(f"img: expected (H, W), (H, W, 1) or (H, W, 3), got {list(arr.shape)}")
+        raise ShapeError(f"img: expected (H, W), (H, W, 1) or (H, W, 3), got {list(arr.shape)}")
     if arr.size == 0:
         raise ShapeError(f"img: expected a non-empty image, got (H, W, C) = {list(arr.shape)}")
     return arr
@@ -194,7 +194,7 @@ def quantize(img, bits: int = 8) -> np.ndarray:
                              "expected bits=16 (or float values in [0, 1])")
         return arr
     if not np.issubdtype(arr.dtype, np.floating):
-        raise TypeError(f"img: expected float values in [0, 1], uint8 or uint16, got {arr.dtype}")
+        raise DTypeError(f"img: expected float values in [0, 1], uint8 or uint16, got {arr.dtype}")
     if not np.isfinite(arr).all():
         raise ValueError("img: expected finite values, got NaN or infinity")
     if arr.dtype == np.float16:

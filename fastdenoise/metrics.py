@@ -13,6 +13,7 @@ use_sample_covariance=False, data_range=...)`` gives.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -32,6 +33,17 @@ def _check_pair(x, y) -> None:
     check_same_device("y", y, "x", x)
 
 
+def _check_range(data_range) -> float:
+    """data_range as a float: a finite positive real number (Python or NumPy scalar)."""
+    if isinstance(data_range, bool) or not isinstance(data_range, numbers.Real):
+        raise TypeError(f"data_range: expected a positive real number, got {type(data_range).__name__} "
+                        f"{data_range!r}")
+    value = float(data_range)
+    if not 0 < value < math.inf:
+        raise ValueError(f"data_range: expected a finite positive number, got {data_range!r}")
+    return value
+
+
 def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean squared error per image: (B, C, H, W) x 2 -> (B,) float64."""
     _check_pair(x, y)
@@ -45,8 +57,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     ``data_range``: the peak value (1.0 for images in [0, 1], 255 for uint8 images). Identical
     images give ``inf``. Any float or integer dtype; computed in float64.
     """
-    if not data_range > 0:
-        raise ValueError(f"data_range: expected a positive number, got {data_range}")
+    data_range = _check_range(data_range)
     err = mse(x, y)
     return 10.0 * torch.log10(float(data_range) ** 2 / err)
 
@@ -97,8 +108,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     Any float or integer dtype, computed in float64 on the inputs' device; H and W at least 11.
     Identical images give 1.
     """
-    if not data_range > 0:
-        raise ValueError(f"data_range: expected a positive number, got {data_range}")
+    data_range = _check_range(data_range)
     _check_pair(x, y)
     size = 2 * _SSIM_RADIUS + 1
     h, w = x.shape[-2], x.shape[-1]
@@ -108,12 +118,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     # The five maps filtered in one go: x, y, x^2, y^2, xy -> their local (weighted) means.
     xf = x.to(torch.float64)
     yf = y.to(torch.float64)
-    maps = xf.new_empty((5,) + tuple(x.shape))
-    maps[0] = xf
-    maps[1] = yf
-    torch.mul(xf, xf, out=maps[2])
-    torch.mul(yf, yf, out=maps[3])
-    torch.mul(xf, yf, out=maps[4])
+    maps = torch.stack((xf, yf, xf * xf, yf * yf, xf * yf))     # differentiable: SSIM as a loss
     mu_x, mu_y, e_xx, e_yy, e_xy = _gaussian_valid(maps, _ssim_taps()).unbind(0)
     var_x = e_xx - mu_x * mu_x
     var_y = e_yy - mu_y * mu_y

@@ -29,6 +29,10 @@ input (seeded, on the block's device and in its dtype, eval mode, no autograd; t
 not touched) and must agree to the dtype's rounding; when they do not, the block is left alone
 and the report says so. ``verify=False`` trusts the structure.
 
+Hooks: a block with forward or backward hooks on it or on any module inside it is left alone
+(the report names the module): its twin computes the block without calling every submodule,
+so the hooks would stop firing. The walk goes on inside it, where what has no hooks is swapped.
+
 The twins share the original parameters (no copies: the model's ``state_dict()`` keys and values
 are unchanged, and an optimiser keeps working). Each twin remembers the module it replaced, so
 :func:`unpatch` puts the originals back. Patching twice changes nothing the second time.
@@ -199,6 +203,19 @@ def _verify(original: nn.Module, twin: nn.Module) -> Optional[str]:
     return None
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooked(m: nn.Module) -> Optional[str]:
+    """Which module of ``m``'s tree ("it", or "its submodule NAME") has forward or backward hooks
+    registered, or None. A fused twin computes its block without calling every submodule, and
+    the user's hooks would silently stop firing."""
+    for name, sub in m.named_modules():
+        if any(getattr(sub, d, None) for d in _HOOK_DICTS):
+            return "it" if not name else f"its submodule {name}"
+    return None
+
+
 def _qualname(m: nn.Module) -> str:
     t = type(m)
     return f"{t.__module__}.{t.__qualname__}"
@@ -217,6 +234,11 @@ class _Walk:
             return self.done[id(m)]
         rule = _RULES.get(type(m).__name__)
         if rule is None:
+            return None
+        hooked = _hooked(m)
+        if hooked is not None:
+            self.report.left_alone.append(LeftAlone(path, _qualname(m), f"{hooked} has hooks registered, which the "
+                                                    "fused twin would not call (nor run during a verification)"))
             return None
         try:
             twin = rule(m)

@@ -128,7 +128,9 @@ class StreamDenoiser:
         tensor) -> the output to copy out."""
         if kind[0] == "host":
             tdtype, full = _UINT[kind[1]]
-            x = src.permute(2, 0, 1)[None].to(self.dtype).div_(full)        # (1, C, H, W) channels_last view
+            # (1, C, H, W) channels_last view, scaled in float32 then rounded once to the model's
+            # dtype (float16 has no 65535: a bright 16-bit sample would become inf)
+            x = src.permute(2, 0, 1)[None].float().div_(full).to(self.dtype)
             x = x.contiguous(memory_format=torch.channels_last)
             y = self._forward(x)
             y = y.float().clamp_(0, 1).mul_(full).round_()

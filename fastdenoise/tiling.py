@@ -29,7 +29,9 @@ at the end, so any positive weights give a weighted mean):
 :mod:`fastdenoise.models`, 1 otherwise) rounds ``tile`` and the stride up to multiples of it and
 pads the image at the bottom / right to a multiple of it (reflection; replication for images
 too short to reflect), so every tile sits on the model's pixel grid; the output is cropped back.
-The stride is rounded down, so the overlap is at least the one asked.
+The stride is rounded down, so the overlap is at least the one asked; an overlap the rounded
+tile cannot hold (more than the tile less one stride of ``multiple``: :func:`max_overlap`) is
+an error (the default overlap is capped to it instead).
 
 **Devices.** Tiles are given to the model in its parameters' dtype and the output has the
 input's dtype and memory format. The input may be on the CPU while the model is on a GPU: tiles go to the GPU a
@@ -44,7 +46,12 @@ image (the bytes of the tensors its ops return, live at once: :func:`measure_pea
 device), :func:`available_memory` says what the device has left (on the host: MemAvailable,
 capped by a container's cgroup limit) and :func:`plan_tile` picks the largest tile whose run
 fits in ``MEMORY_HEADROOM`` of it, or none when the whole image does. The command line uses
-them on the CPU, where running out of memory means swapping or the process being killed.
+them before running a checkpoint (on the CPU, running out of memory means swapping or the
+process being killed).
+
+**Inference only.** The tiles run under ``torch.no_grad()`` (no tile's autograd graph is kept,
+whatever the parameters ask) and the output carries no gradient; an input that requires grad
+under grad mode is refused.
 
 **Extra arguments.** ``forward(x, *args)``: a tensor argument whose first dimension is B (e.g.
 FFDNet's per-image noise level) is given, per tile, the rows of the tiles' images; other
@@ -75,7 +82,7 @@ from .ops.overlap_add import overlap_add, overlap_normalize
 
 __all__ = ["tiled", "TiledModel", "BLENDS", "model_multiple", "default_overlap", "tile_starts", "axis_windows",
            "MemoryEstimate", "measure_peak_memory", "estimate_memory", "available_memory", "plan_tile",
-           "tiled_bytes"]
+           "tiled_bytes", "max_overlap"]
 
 BLENDS = ("hann", "crop", "average")
 #: the tile counter on stderr (runs longer than two seconds) is redrawn at most this often, in seconds
@@ -202,11 +209,17 @@ def _fade(w: torch.Tensor, step: int, tile: int, blend: str, rising: bool) -> No
         w[first + outer + ramp_len:] = 0
 
 
+def max_overlap(tile: int, multiple: int = 1) -> int:
+    """The largest overlap tiles of ``tile`` pixels aligned to ``multiple`` can have: the tile
+    rounded up to ``multiple``, less the smallest stride (``multiple``)."""
+    return max(0, _round_up(max(tile, multiple), multiple) - multiple)
+
+
 def _grid(h: int, w: int, tile: int, overlap: int, m: int):
     """(padded H, padded W, (tile height, row starts), (tile width, column starts)) of the tiles
     over an h x w image aligned to ``m`` (the overlap capped to what the rounded tile allows)."""
     hp, wp = _round_up(h, m), _round_up(w, m)
-    overlap = min(overlap, max(0, _round_up(tile, m) - m))
+    overlap = min(overlap, max_overlap(tile, m))
     return hp, wp, tile_starts(hp, tile, overlap, m), tile_starts(wp, tile, overlap, m)
 
 
@@ -244,9 +257,15 @@ class TiledModel(nn.Module):
         if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
             raise ValueError(f"multiple: expected a positive int, got {multiple!r}")
         if overlap is None:
-            overlap = default_overlap(model, tile)
-        if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
-            raise ValueError(f"overlap: expected an int in [0, tile={tile}), got {overlap!r}")
+            overlap = default_overlap(model, tile)      # capped to the rounded tile by _grid
+        else:
+            if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
+                raise ValueError(f"overlap: expected an int in [0, tile={tile}), got {overlap!r}")
+            most = max_overlap(tile, multiple)
+            if overlap > most:
+                raise ValueError(f"overlap: expected at most {most} with tile={tile} and multiple={multiple} (the "
+                                 f"tile rounded up to {_round_up(max(tile, multiple), multiple)}, less one stride of "
+                                 f"{multiple}), got {overlap}")
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
             raise ValueError(f"batch: expected a positive int or None, got {batch!r}")
         if isinstance(model, nn.Module):
@@ -283,6 +302,13 @@ class TiledModel(nn.Module):
 
     def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
         check_tensor("x", x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise ValueError("x: expected a tensor that does not require grad: tiled inference is not "
+                             "differentiable (its output carries no gradient); detach x or run under torch.no_grad()")
+        with torch.no_grad():       # inference: no tile's graph is kept, whatever the parameters ask
+            return self._forward(x, args)
+
+    def _forward(self, x: torch.Tensor, args) -> torch.Tensor:
         dev, mdtype = self._model_where(x)
         batch = self.batch or default_batch(dev)
         tile = self.tile
@@ -519,7 +545,9 @@ def estimate_memory(fn: Callable, channels: int, dtype: torch.dtype = torch.floa
         raise ValueError(f"channels: expected a positive int, got {channels!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size: expected a positive int, got {size!r}")
-    s = _round_up(size, max(1, multiple))
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple: expected a positive int, got {multiple!r}")
+    s = _round_up(size, multiple)
     gen = torch.Generator().manual_seed(0)
     probe = torch.rand((1, channels, s, s), generator=gen).to(device=device, dtype=dtype)
     probe = probe.contiguous(memory_format=torch.channels_last)
@@ -623,6 +651,13 @@ def plan_tile(estimate: MemoryEstimate, shape: Sequence[int], budget: int, *, ov
     whose stride is at least half the tile (``overlap(tile)``, the overlap used with a tile size,
     at most half of it: tiny tiles that would mostly recompute their neighbours' pixels are not
     taken); when none fits, the smallest of those. None also when no candidate qualifies."""
+    if not isinstance(estimate, MemoryEstimate):
+        raise TypeError(f"estimate: expected a MemoryEstimate, got {type(estimate).__name__}")
+    if len(shape) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
+        raise ValueError(f"shape: expected (B, C, H, W) of positive ints, got {tuple(shape)!r}")
+    for name, v in (("budget", budget), ("multiple", multiple), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "budget" else 1):
+            raise ValueError(f"{name}: expected a {'non-negative' if name == 'budget' else 'positive'} int, got {v!r}")
     b, _, h, w = shape
     need = b * estimate.at(_round_up(h, multiple), _round_up(w, multiple))
     usable = MEMORY_HEADROOM * budget

@@ -271,7 +271,8 @@ def test_reference_directory_matched_by_name(tmp_path, rng, capsys):
 
 
 @pytest.mark.parametrize("value,message", [("-5", "positive"), ("0", "positive"), ("abc", "expected a number"),
-                                           ("nan", "positive"), ("inf", "positive")])
+                                           ("nan", "positive"), ("inf", "positive"),
+                                           ("255.5", "at most 255"), ("1e6", "at most 255")])
 def test_bad_sigma_is_a_usage_error(tmp_path, rng, capsys, value, message):
     _, noisy = write_pair(tmp_path, rng)
     code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "o.png", "--method", "nlm", f"--sigma={value}")
@@ -473,6 +474,12 @@ def test_checkpoint_of_unknown_architecture_and_missing_path(tmp_path, rng, caps
     torch.save({"conv.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "o.png", "--method", tmp_path / "other.pth")
     assert code == 2 and "cannot infer the architecture" in err and len(err.strip().splitlines()) == 1
+    one = tmp_path / "one.pth"          # DnCNN's keys, one layer: the constructor's error, as the file's
+    torch.save({k: v for k, v in build("dncnn", nc=4, nb=3, act_mode="R").state_dict().items()
+                if k.startswith("model.0.")}, one)
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "o.png", "--method", one)
+    assert code == 2 and err.startswith(f"error: {one}: its keys look like dncnn but") and \
+        len(err.strip().splitlines()) == 1
     code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "o.png", "--method", "bm4d")
     assert code == 2
     assert err.strip() == "error: --method: expected bm3d, nlm or the path of a checkpoint, got 'bm4d' (no such file)"
@@ -614,6 +621,25 @@ def test_tiled_checkpoint(tmp_path, rng, capsys, shared_dir):
     assert code == 2 and "--overlap: expected less than --tile=16, got 16" in err
     code, _, err = run(capsys, "denoise", noisy, "-o", tmp_path / "b.png", "--method", ckpt, "--tile", 0)
     assert code == 2 and "expected a positive integer, got 0" in err
+
+
+def test_overlap_must_fit_the_models_tile_grid(tmp_path, rng, capsys):
+    """--tile with --overlap on a model that works on multiples of 4 pixels: an overlap the tile
+    cannot hold with a stride of 4 is a usage error naming the limit; the limit itself runs."""
+    from fastdenoise.tiling import model_multiple
+
+    model = build("nafnet", img_channel=3, width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
+    assert model_multiple(model) == 4
+    path = tmp_path / "nafnet.pth"
+    torch.save({"params": model.state_dict()}, path)
+    _, noisy = write_pair(tmp_path, rng, c=3, h=29, w=35)
+    code, _, err = run(capsys, "denoise", noisy, "-o", tmp_path / "a.png", "--method", path, "--tile", 16,
+                       "--overlap", 13)
+    assert code == 2 and "--overlap: expected at most 12 with --tile=16 (NAFNet (nafnet.pth) works on " \
+        "multiples of 4 pixels" in err and err.strip().endswith("got 13")
+    code, out, err = run(capsys, "denoise", noisy, "-o", tmp_path / "b.png", "--method", path, "--tile", 16,
+                         "--overlap", 12)
+    assert code == 0, err
 
 
 def test_host_memory_plan_tiles_a_checkpoint_on_the_cpu(tmp_path, rng, capsys, monkeypatch):

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from fastdenoise import _png, _tiff
-from fastdenoise.errors import ImageFormatError, ShapeError
+from fastdenoise.errors import DTypeError, ImageFormatError, ShapeError
 from fastdenoise.io import quantize, read_image, read_pixels, to_float, write_image
 
 
@@ -171,6 +171,14 @@ def test_write_rejects_lossy_or_bad_values(tmp_path, rng):
         write_image(tmp_path / "a.png", np.zeros((4, 4), np.float32), bits=12)
     with pytest.raises(ShapeError, match=r"^img: expected a non-empty image, got \(H, W, C\) = \[0, 4, 3\]$"):
         write_image(tmp_path / "a.png", np.zeros((0, 4, 3), np.float32))
+    with pytest.raises(ShapeError, match=r"^img: expected \(H, W\), \(H, W, 1\) or \(H, W, 3\), got \[4, 4, 2\]$"):
+        write_image(tmp_path / "a.png", np.zeros((4, 4, 2), np.float32))
+    with pytest.raises(ShapeError, match=r"^img: expected one image \(1, C, H, W\), got \[2, 3, 4, 4\]$"):
+        write_image(tmp_path / "a.png", torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ShapeError, match=r"^img: expected a \(C, H, W\) or \(1, C, H, W\) tensor, got \[4, 4\]$"):
+        write_image(tmp_path / "a.png", torch.zeros(4, 4))
+    with pytest.raises(DTypeError, match=r"^img: expected float values in \[0, 1\], uint8 or uint16, got int32$"):
+        write_image(tmp_path / "a.png", np.zeros((4, 4), np.int32))
     assert not (tmp_path / "a.png").exists()
 
 

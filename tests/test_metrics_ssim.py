@@ -160,7 +160,26 @@ def test_bad_input():
         ssim(x, x.to(torch.complex64))
     with pytest.raises(ValueError, match="data_range"):
         ssim(x, x, data_range=0)
+    from fastdenoise.metrics import psnr
+    for fn in (ssim, psnr):
+        with pytest.raises(ValueError, match=r"data_range: expected a finite positive number, got inf"):
+            fn(x, x, data_range=float("inf"))
+        for bad in (None, "1", True, torch.tensor([1.0, 2.0])):
+            with pytest.raises(TypeError, match=r"data_range: expected a positive real number, got"):
+                fn(x, x, data_range=bad)
+    assert float(ssim(x, x, data_range=np.float32(255))[0]) == pytest.approx(1.0)
     with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
         ssim(x.numpy(), x.numpy())
     with pytest.raises(ShapeError, match="non-empty"):
         ssim(torch.rand(0, 1, 16, 16), torch.rand(0, 1, 16, 16))
+
+
+def test_ssim_is_differentiable():
+    """SSIM as a loss: inputs that require grad give a gradient (finite differences agree), and the
+    inputs are left as they were."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 14, 13, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = torch.rand(2, 1, 14, 13, dtype=torch.float64, generator=gen)
+    before = x.detach().clone()
+    assert torch.autograd.gradcheck(lambda a: ssim(a, y), (x,))
+    assert torch.equal(x.detach(), before)

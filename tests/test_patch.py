@@ -490,6 +490,35 @@ def test_look_alikes_are_left_alone_with_a_reason():
     assert fastdenoise.patch(tree, verify=False).counts() == {"LayerNorm2d": 1}
 
 
+def test_blocks_with_hooks_are_left_alone():
+    """A block with a hook on it or inside it keeps running its own forward (the hooks keep
+    firing, and none fires during patch()); what has no hooks inside it is still swapped."""
+    model = _randomise(NAFNet(img_channel=3, width=8, middle_blk_num=2, enc_blk_nums=[1], dec_blk_nums=[1],
+                              fused=False), 4).eval()
+    calls = []
+    on_block = model.middle_blks[0]
+    handle = on_block.register_forward_hook(lambda *a: calls.append("block"))
+    inner = model.middle_blks[1]
+    inner.sca[1].register_forward_pre_hook(lambda *a: calls.append("sca"))
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x)
+    calls.clear()
+    report = fastdenoise.patch(model)
+    assert calls == []
+    reasons = {a.path: a.reason for a in report.left_alone}
+    assert reasons["middle_blks.0"].startswith("it has hooks registered")
+    assert reasons["middle_blks.1"].startswith("its submodule sca.1 has hooks registered")
+    assert model.middle_blks[0] is on_block and model.middle_blks[1] is inner
+    assert type(on_block.norm1).__name__ == "LayerNorm2d" and isinstance(on_block.norm1, FUSED_TYPES)
+    assert isinstance(model.encoders[0][0], FUSED_TYPES)
+    with torch.no_grad():
+        _close(model(x), want)
+    assert calls == ["block", "sca"]
+    handle.remove()                                   # without its hook, the block is swapped next time
+    assert "middle_blks.0" in {r.path for r in fastdenoise.patch(model).replaced}
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["nafnet", "mprnet", "ridnet", "restormer"])
 def test_cpu_autocast_patched_matches_eager(name, dtype):

@@ -21,7 +21,7 @@ def _model(c=3, seed=0):
 def _expected(model, frame, dtype=torch.float32):
     full = 255.0 if frame.dtype == np.uint8 else 65535.0
     arr = frame if frame.ndim == 3 else frame[:, :, None]
-    x = torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1)[None].to(dtype) / full
+    x = (torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1)[None] / full).to(dtype)
     m = model.to(dtype)
     with torch.no_grad():
         y = m(x.contiguous(memory_format=torch.channels_last)).float().clamp(0, 1) * full
@@ -43,6 +43,21 @@ def test_host_frames_in_order(dtype, c):
         assert o.dtype == f.dtype and o.shape == f.shape
         assert np.abs(o.astype(np.int64) - _expected(model, f).astype(np.int64)).max() <= 1
     assert np.array_equal(s(frames[2]), outs[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bright_16_bit_frames_in_half_precision(dtype):
+    """A 16-bit frame with samples up to 65535 in float16 (whose largest finite value is 65504):
+    scaled to [0, 1] before the model's dtype, so no sample becomes inf and the output is the
+    float32 one to the dtype's precision (it once came back as black patches)."""
+    model = _model(1)
+    frame = np.full((16, 16), 30000, np.uint16)
+    frame[8, 8] = 65535
+    frame[3, 4] = 65520
+    got = StreamDenoiser(model, frame.shape, dtype)(frame).astype(np.int64)
+    want = _expected(model, frame).astype(np.int64)
+    assert np.abs(got - want).max() <= 65535 * (2e-2 if dtype == torch.bfloat16 else 2e-3)
+    assert (got > 20000).all()
 
 
 def test_device_tensor_frames():

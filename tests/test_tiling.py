@@ -193,6 +193,31 @@ def test_bad_arguments():
     from fastdenoise.errors import ShapeError
     with pytest.raises(ShapeError, match="x: expected 4 dims"):
         fastdenoise.tiled(m)(torch.rand(1, 8, 8))
+    # an overlap the tile rounded up to the multiple cannot hold with a stride of one multiple
+    with pytest.raises(ValueError, match=r"overlap: expected at most 8 with tile=16 and multiple=8 .*got 12"):
+        fastdenoise.tiled(m, tile=16, overlap=12, multiple=8)
+    with pytest.raises(ValueError, match=r"overlap: expected at most 8 with tile=13 and multiple=8 "
+                                         r"\(the tile rounded up to 16"):
+        fastdenoise.tiled(m, tile=13, overlap=12, multiple=8)
+    assert fastdenoise.tiled(m, tile=16, overlap=8, multiple=8).overlap == 8
+    assert _tiling.max_overlap(16, 8) == 8 and _tiling.max_overlap(4, 8) == 0 and _tiling.max_overlap(9) == 8
+
+
+def test_inference_only():
+    """Tiles run without autograd whatever the parameters ask (no graph kept); an input that
+    requires grad is refused under grad mode, accepted under no_grad; the input is untouched."""
+    m = DnCNN(nc=4, nb=2)
+    assert all(p.requires_grad for p in m.parameters())
+    t = fastdenoise.tiled(m, tile=16, overlap=8, progress=False)
+    x = torch.rand(1, 1, 30, 20)
+    y = t(x)
+    assert not y.requires_grad and y.grad_fn is None
+    xg = x.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="x: expected a tensor that does not require grad: tiled inference"):
+        t(xg)
+    with torch.no_grad():
+        assert torch.equal(t(xg), y)
+    assert torch.equal(xg.detach(), x) and xg.grad is None
 
 
 @pytest.mark.parametrize("model, err, words", [
@@ -344,6 +369,18 @@ def test_memory_estimate_rejects_bad_arguments():
         estimate_memory(lambda t: t, 0)
     with pytest.raises(ValueError, match="size: expected a positive int, got 2.5"):
         estimate_memory(lambda t: t, 1, size=2.5)
+    with pytest.raises(ValueError, match="multiple: expected a positive int, got 0"):
+        estimate_memory(lambda t: t, 1, multiple=0)
+    est, ov = MemoryEstimate(per_pixel=10.0, out_channels=1), (lambda t: 8)
+    with pytest.raises(TypeError, match="estimate: expected a MemoryEstimate, got float"):
+        plan_tile(10.0, (1, 1, 99, 99), 1000, overlap=ov)
+    with pytest.raises(ValueError, match=r"shape: expected \(B, C, H, W\) of positive ints, got \(1, 99, 99\)"):
+        plan_tile(est, (1, 99, 99), 1000, overlap=ov)
+    for name, value, words in (("budget", None, "non-negative"), ("multiple", 0, "positive"),
+                               ("batch", -1, "positive")):
+        kwargs = {"budget": 1000, "multiple": 1, "batch": 1, name: value}
+        with pytest.raises(ValueError, match=rf"{name}: expected a {words} int, got {value}"):
+            plan_tile(est, (1, 1, 99, 99), kwargs.pop("budget"), overlap=ov, **kwargs)
 
 
 def test_available_memory_on_the_host(tmp_path, monkeypatch):

@@ -148,7 +148,9 @@ void nlm_tasks(const NlmArgs& a, int64_t begin, int64_t end) {
           }
           for (int64_t j = 0; j < nc; ++j) {
             const float d2 = w[j] * inv_c;
-            w[j] = exp_neg(std::max(d2 - two_var, 0.f) * inv_h2);
+            // a select, not max(d2 - 2 var, 0) * inv_h2: with h so small that 1 / h^2 is inf,
+            // 0 * inf would be NaN (as the CUDA kernel)
+            w[j] = exp_neg(d2 > two_var ? (d2 - two_var) * inv_h2 : 0.f);
           }
           const int64_t pr = y0 - dy + r;  // image row of p
           if (r >= dy) {  // forward: p in the block takes x(p + t)

@@ -143,6 +143,8 @@ def _ca_reference(x, m1, v1, m2, v2, residual, act) -> torch.Tensor:
 
 def _check_sca(x, w, b, gate):
     check_tensor("x", x)
+    if not isinstance(gate, bool):
+        raise TypeError(f"gate: expected a bool, got {type(gate).__name__} {gate!r}")
     if gate:
         check_channels_divisible("x", x, 2, "SimpleGate's two halves")
     c = x.shape[1] // 2 if gate else x.shape[1]

@@ -44,8 +44,9 @@ on the order the groups are processed in. The output is bitwise the same run aft
 the thread count, and the same on both backends. The reference below works in float64; it
 agrees with the kernels to float32 rounding, except where rounding moves a coefficient across
 the hard threshold (rare, and local: one coefficient of one group). Values whose magnitude
-exceeds about 10^5 would overflow the fixed-point sums: images in [0, 1] (or [0, 255]) are far
-from it.
+exceeds about 10^5 would overflow the fixed-point sums: :func:`bm3d_filter` refuses images with
+values beyond ``MAX_ABS_VALUE`` (10^5) or not finite (images in [0, 1], [0, 255] or 16-bit
+[0, 65535] are within it).
 """
 
 from __future__ import annotations
@@ -261,8 +262,8 @@ def bm3d_filter_reference(noisy: torch.Tensor, pilot: Optional[torch.Tensor], in
                           inverse: torch.Tensor, window: torch.Tensor, threshold: float) -> torch.Tensor:
     """Plain PyTorch collaborative filtering in float64, all groups of one size at once."""
     _check(noisy, pilot, index, size, sigma, transform, inverse, window, threshold)
-    if not bool((sigma > 0).all()):                 # NaN fails too
-        raise ValueError("sigma: expected positive values")
+    if not bool(((sigma > 0) & (sigma < math.inf)).all()):          # NaN fails too
+        raise ValueError("sigma: expected finite positive values")
     n_img, c, h, w = noisy.shape
     dev = noisy.device
     t, ti, win = transform.double(), inverse.double(), window.double()
@@ -309,6 +310,25 @@ def bm3d_filter_reference(noisy: torch.Tensor, pilot: Optional[torch.Tensor], in
 # Public function
 # --------------------------------------------------------------------------------------------
 
+#: Largest pixel magnitude :func:`bm3d_filter` takes: the compiled kernels' fixed-point sums are
+#: exact and far from overflow below it (see the module docstring).
+MAX_ABS_VALUE = 1e5
+
+
+def _check_values(noisy: torch.Tensor, pilot: Optional[torch.Tensor], sigma: torch.Tensor) -> None:
+    """Finite images within MAX_ABS_VALUE and finite positive sigma, on every backend (the
+    compiled kernels would turn NaN / inf or huge values into finite garbage). One host sync."""
+    peaks = [noisy.abs().amax()] + ([pilot.abs().amax()] if pilot is not None else [])
+    stats = torch.stack(peaks + [sigma.amin(), sigma.amax()]).tolist()     # NaN propagates
+    for name, peak in zip(("noisy", "pilot"), stats[:-2]):
+        if not peak <= MAX_ABS_VALUE:
+            raise ValueError(f"{name}: expected finite values of magnitude at most {MAX_ABS_VALUE:g} (the kernels' "
+                             f"fixed-point aggregation), got {'a NaN' if math.isnan(peak) else f'max |value| {peak:g}'}")
+    lo, hi = stats[-2:]
+    if not (lo > 0 and hi < math.inf):
+        raise ValueError(f"sigma: expected finite positive values, got values in [{lo:g}, {hi:g}]")
+
+
 def bm3d_filter(noisy: torch.Tensor, pilot: Optional[torch.Tensor], index: torch.Tensor, size: torch.Tensor,
                 sigma: torch.Tensor, transform: torch.Tensor, inverse: torch.Tensor, window: torch.Tensor,
                 threshold: float = 0.0, *, backend: Optional[str] = None) -> torch.Tensor:
@@ -318,6 +338,7 @@ def bm3d_filter(noisy: torch.Tensor, pilot: Optional[torch.Tensor], index: torch
     ``backend``: None (the compiled kernel of the tensor's device, else the reference),
     ``"cpu"``, ``"cuda"`` or ``"reference"``."""
     _check(noisy, pilot, index, size, sigma, transform, inverse, window, threshold)
+    _check_values(noisy, pilot, sigma)
     be = _dispatch.resolve("bm3d_filter", noisy, backend, triton_op=False)
     if be == "reference":
         return bm3d_filter_reference(noisy, pilot, index, size, sigma, transform, inverse, window, threshold)

@@ -23,6 +23,7 @@ reference below is the spec and works in float64.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Union
 
 import torch
@@ -75,10 +76,17 @@ def _per_image(name: str, v: Number, x: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"{name}: expected finite {'positive' if name == 'h' else 'non-negative'} values, "
                              f"got [{', '.join(f'{u:.6g}' for u in vals.tolist())}]")
         return vals.expand(b).contiguous()
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a number or a tensor, got {type(v).__name__}")
-    if not math.isfinite(v) or v < 0 or (name == "h" and v == 0):
-        raise ValueError(f"{name}: expected a finite {'positive' if name == 'h' else 'non-negative'} value, got {v}")
+    # checked as the kernels get it, in float32: h = 1e-50 is 0 there, 1e39 is inf
+    try:
+        f32 = float(torch.tensor(float(v), dtype=torch.float32))
+    except OverflowError:
+        f32 = math.inf
+    if not math.isfinite(f32) or f32 < 0 or (name == "h" and f32 == 0):
+        note = f" ({f32:g} in float32, as the kernels take it)" if f32 != float(v) and math.isfinite(float(v)) else ""
+        raise ValueError(f"{name}: expected a finite {'positive' if name == 'h' else 'non-negative'} value, "
+                         f"got {v}{note}")
     return torch.full((b,), float(v), dtype=torch.float32, device=x.device)
 
 

@@ -55,6 +55,8 @@ def _check(x, weight, bias, eps, bias_free) -> None:
         if p.dtype not in FLOAT_DTYPES:
             raise DTypeError(f"{name}: expected a floating dtype, got {p.dtype}")
         check_same_device(name, p, "x", x)
+    if not isinstance(bias_free, bool):
+        raise TypeError(f"bias_free: expected a bool, got {type(bias_free).__name__} {bias_free!r}")
     if bias_free and bias is not None:
         raise ValueError("bias: expected None with bias_free=True (Restormer's BiasFree LayerNorm has no bias)")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):

@@ -35,7 +35,7 @@ import torch
 
 from .. import _dispatch, _ext
 from .._checks import check_same_device, check_tensor
-from ..errors import DTypeError, ShapeError
+from ..errors import DeviceError, DTypeError, ShapeError
 
 __all__ = ["overlap_add", "overlap_add_reference", "overlap_normalize", "ACC_DTYPES"]
 
@@ -83,6 +83,14 @@ def _check(tiles, positions, out, weight_out, window):
         if _shares_memory(t, acc):
             raise ValueError(f"{name}: expected memory separate from {acc_name} (which is accumulated in "
                              "place), got tensors that share memory")
+    if torch.is_grad_enabled():
+        for name, t in (("out", out), ("weight_out", weight_out), ("tiles", tiles), ("window", window)):
+            if t.requires_grad:
+                raise ValueError(f"{name}: expected a tensor that does not require grad (overlap_add accumulates "
+                                 "in place and is not differentiable); run it under torch.no_grad() or detach it")
+    if positions.device.type != "cpu" and positions.device != out.device:
+        raise DeviceError(f"positions: expected a tensor on cpu or on {out.device} (the device of out), "
+                          f"got {positions.device}")
     pos = positions.cpu()
     if n and (int(pos[:, 0].min()) < 0 or int(pos[:, 0].max()) >= b):
         bad = pos[:, 0][(pos[:, 0] < 0) | (pos[:, 0] >= b)][0]

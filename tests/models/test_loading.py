@@ -152,6 +152,36 @@ def test_unknown_arch_and_uninferable_keys():
         load_official(42)
 
 
+def test_keys_of_an_architecture_with_tensors_that_do_not_fit(tmp_path):
+    """Keys that look like a known architecture's but tensors that cannot be its (too few layers,
+    a wrong rank) are a CheckpointError naming the file and the architecture, not an error from
+    the inference or the constructor; the caller's own overrides keep their ValueError."""
+    full = DnCNN(nc=4, nb=3, act_mode="R").state_dict()
+    one = {k: v for k, v in full.items() if k.startswith("model.0.")}
+    cases = {"one_layer.pth": (one, r"its keys look like dncnn but the hyper-parameters they give "
+                                    r"\(.*\) do not build one: nb: expected at least 2"),
+             "rank.pth": ({"operations.0.haar_weights": torch.tensor(1.0)},
+                          r"its keys look like .* but its tensors do not fit it \(IndexError: ")}
+    for name, (sd, words) in cases.items():
+        path = tmp_path / name
+        torch.save(sd, path)
+        with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: {words}"):
+            load_official(path)
+        with pytest.raises(CheckpointError, match=rf"^checkpoint: {words}"):       # a dict: no file to name
+            load_official(sd)
+    unknown = tmp_path / "unknown.pth"
+    torch.save({"a": torch.zeros(1), "b": torch.zeros(1)}, unknown)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(unknown))}: cannot infer the architecture"):
+        load_official(unknown)
+    bad_fit = tmp_path / "bad_fit.pth"
+    torch.save(full, bad_fit)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(bad_fit))}: the checkpoint does not fit DnCNN"):
+        load_official(bad_fit, nb=4)
+    with pytest.raises(ValueError, match="act_mode") as info:      # the caller's override: not the file's fault
+        load_official(bad_fit, act_mode="Q")
+    assert not isinstance(info.value, CheckpointError)
+
+
 class _NotATensor:
     pass
 

@@ -102,6 +102,8 @@ def test_channel_attention_bad_input(kwargs, err, words):
 
 
 def test_simplified_bad_input():
+    with pytest.raises(TypeError, match=r"^gate: expected a bool, got str 'yes'$"):
+        simplified_channel_attention(torch.randn(1, 6, 4, 4), torch.randn(3, 3), None, gate="yes")
     with pytest.raises(errors.ShapeError, match="divisible by 2"):
         simplified_channel_attention(torch.randn(1, 5, 4, 4), torch.randn(2, 2), None, gate=True)
     with pytest.raises(errors.ShapeError, match="w: expected a 1x1 convolution weight of shape \\(3, 3\\)"):

@@ -306,9 +306,27 @@ def test_bad_values(backend):
     bad_index[0, 0, 0, 0] = 16 * 16 - 1            # a block at the last pixel would leave the image
     with pytest.raises(ValueError, match="inside the"):
         B.bm3d_filter(**{**args, "index": bad_index, "size": torch.ones_like(args["size"])}, backend=backend)
-    for bad in (0.0, float("nan"), -1.0):
-        with pytest.raises(ValueError, match="sigma: expected positive"):
+    for bad in (0.0, float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="sigma: expected finite positive values"):
             B.bm3d_filter(**{**args, "sigma": torch.full((1, 1), bad)}, backend=backend)
+    # images: finite and within the kernels' fixed-point range, checked before any kernel runs;
+    # the inputs are left as they were
+    for name in ("noisy", "pilot"):
+        for bad, words in ((float("nan"), "a NaN"), (float("inf"), "max |value| inf"),
+                           (-2e5, r"max \|value\| 200000")):
+            img = args["noisy"].clone()
+            img[0, 0, 3, 5] = bad
+            call = {**args, name: img}
+            if name == "pilot":
+                call["noisy"] = args["noisy"]
+            kept = img.clone()
+            with pytest.raises(ValueError, match=rf"{name}: expected finite values of magnitude at most 100000 "
+                                                 rf".*got {words}"):
+                B.bm3d_filter(**call, backend=backend)
+            assert torch.equal(img, kept) or bad != bad
+    big = {**args, "noisy": args["noisy"] * 65535, "sigma": args["sigma"] * 65535}   # 16-bit data: accepted
+    out = B.bm3d_filter(**big, backend=backend)
+    torch.testing.assert_close(out / 65535, B.bm3d_filter(**args, backend=backend), rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------

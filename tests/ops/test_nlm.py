@@ -119,6 +119,19 @@ def test_cpu_kernel_layouts_dtypes_and_noise():
                                    atol=atol)
 
 
+@pytest.mark.parametrize("h", [1e-20, 1e-30])
+def test_tiny_h_matches_reference(h):
+    """An h whose square underflows in float32 (1 / h^2 is inf there): the weights are 1 for
+    distances within 2 sigma^2 and 0 beyond, no NaN (the CPU kernel once formed 0 * inf)."""
+    _cpu()
+    flat = torch.full((1, 1, 9, 8), 0.5)
+    noisy = torch.rand(2, 3, 9, 8, generator=torch.Generator().manual_seed(5))
+    for x, sigma in ((flat, 0.0), (noisy, 0.0), (noisy, 0.2)):
+        got = nlm_filter(x, sigma, h, 3, 5)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, nlm_reference(x, sigma, h, 3, 5), rtol=1e-5, atol=1e-6)
+
+
 def test_default_dispatch_and_opcheck():
     x = torch.rand(2, 3, 11, 13)
     torch.testing.assert_close(nlm_filter(x, 0.05, 0.1), nlm_reference(x, 0.05, 0.1), rtol=1e-5, atol=2e-6)
@@ -149,6 +162,11 @@ def test_bad_input():
         nlm_filter(x, float("nan"), 0.1)
     with pytest.raises(ValueError, match="h: expected a finite positive value, got inf"):
         nlm_filter(x, 0.1, float("inf"))
+    # as the kernels take them, in float32: 1e-50 is 0 there, 1e39 is inf
+    with pytest.raises(ValueError, match=r"h: expected a finite positive value, got 1e-50 \(0 in float32"):
+        nlm_filter(x, 0.1, 1e-50)
+    with pytest.raises(ValueError, match=r"sigma: expected a finite non-negative value, got 1e\+39 \(inf in float32"):
+        nlm_filter(x, 1e39, 0.1)
     # tensors: their values are checked too (NaN, inf, a zero h, a negative sigma)
     x2 = torch.rand(2, 1, 8, 8)
     with pytest.raises(ValueError, match=r"h: expected finite positive values, got \[0.1, 0\]"):

@@ -94,6 +94,7 @@ def test_layer_norm_is_differentiable_and_keeps_inputs():
     (dict(bias=torch.randn(1, 5, 2, 1)), errors.ShapeError, "bias: expected shape"),
     (dict(weight=[1.0] * 5), TypeError, "weight: expected a torch.Tensor"),
     (dict(bias_free=True), ValueError, "bias: expected None with bias_free=True"),
+    (dict(bias_free="no"), TypeError, r"^bias_free: expected a bool, got str 'no'$"),
     (dict(eps=0.0), ValueError, r"^eps: expected a finite positive number, got 0.0$"),
     (dict(eps=-1e-6), ValueError, r"^eps: expected a finite positive number, got -1e-06$"),
     (dict(eps=float("inf")), ValueError, r"^eps: expected a finite positive number, got inf$"),

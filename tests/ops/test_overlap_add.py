@@ -298,6 +298,18 @@ def test_bad_input(backend):
     # the reference entry point checks the same way
     with pytest.raises(errors.ShapeError, match="positions: expected shape"):
         overlap_add_reference(**{**good, "positions": good["positions"][:, :2]})
+    # not differentiable: a tensor that requires grad is refused under grad mode, before any
+    # accumulation (out left as it was), on every backend
+    for name in ("out", "weight_out", "tiles", "window"):
+        args = {k: v.clone() for k, v in good.items()}
+        before = {k: v.clone() for k, v in args.items()}
+        args[name].requires_grad_(True)
+        with pytest.raises(ValueError, match=rf"^{name}: expected a tensor that does not require grad "
+                                             r"\(overlap_add accumulates in place and is not differentiable\)"):
+            overlap_add(**args, backend=backend)
+        assert all(torch.equal(args[k].detach(), before[k]) for k in args)
+    with pytest.raises(errors.DeviceError, match="positions: expected a tensor on cpu or on cpu"):
+        overlap_add(**{**good, "positions": good["positions"].to("meta")}, backend=backend)
 
 
 def test_backend_cuda_on_cpu_tensors_raises():
