@@ -356,28 +356,28 @@ def load_official(path_or_state_dict, arch: Optional[str] = None, *, param_key: 
 def _load(obj, arch: Optional[str], param_key: Optional[str], kwargs: dict) -> nn.Module:
     """load_official on what the file held; CheckpointError for what the checkpoint gets wrong."""
     sd = unwrap_state_dict(obj, param_key)
+    # Keys that look like an architecture's but tensors that do not (a wrong rank, too few
+    # layers) make the inference or the constructor raise: the checkpoint's fault.
     try:
-        # Keys that look like an architecture's but tensors that do not (a wrong rank, too few
-        # layers) make the inference or the constructor raise: the checkpoint's fault.
         if arch is None:
             arch, hp = infer_arch(sd)
         else:
             hp = _infer_for(arch, sd)
-        inferred = dict(hp)
-        hp.update(kwargs)
-        try:
-            model = build(arch, **hp)
-        except (ValueError, TypeError) as exc:
-            if kwargs:                                # the caller's overrides may be the cause
-                raise
-            raise CheckpointError(f"checkpoint: its keys look like {arch} but the hyper-parameters they give "
-                                  f"({', '.join(f'{k}={v!r}' for k, v in inferred.items())}) do not build one: "
-                                  f"{exc}") from exc
+    except CheckpointError:
+        raise
     except (IndexError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        if isinstance(exc, CheckpointError) or (kwargs and isinstance(exc, (ValueError, TypeError))):
-            raise
         raise CheckpointError(f"checkpoint: its keys look like {arch or 'a known architecture'} but its tensors "
                               f"do not fit it ({type(exc).__name__}: {exc})") from exc
+    inferred = dict(hp)
+    hp.update(kwargs)
+    try:
+        model = build(arch, **hp)
+    except (ValueError, TypeError) as exc:
+        if kwargs:                                    # the caller's overrides may be the cause
+            raise
+        raise CheckpointError(f"checkpoint: its keys look like {arch} but the hyper-parameters they give "
+                              f"({', '.join(f'{k}={v!r}' for k, v in inferred.items())}) do not build one: "
+                              f"{exc}") from exc
     what = f"{type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in hp.items())})"
     _check_fit(model, sd, what)
     try:
